@@ -1,0 +1,208 @@
+"""The ``patcher`` command line: argparse subcommands, heavy imports inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from patcher.errors import PatcherInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One clear line and exit 2, as for every other bad input.
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _add_config_args(parser: argparse.ArgumentParser, config_cls, flags: dict[str, str] | None = None,
+                     skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of a config dataclass, with the field's help text."""
+    flags = flags or {}
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        kwargs = {"dest": f.name, "help": f.metadata.get("help", "")}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs.update(required=True, type=Path if f.type in ("Path", Path) else str)
+        elif f.default_factory is list:
+            kwargs.update(action="append", default=[])
+        elif isinstance(f.default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
+            kwargs.update(type=kind, default=f.default)
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument(flag, **kwargs)
+
+
+def _config_from_args(config_cls, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file, then rename)."""
+    if path is None:
+        return
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PatcherInputError(f"cannot write {path}: {e.strerror}") from None
+
+
+def cmd_organism(args) -> int:
+    from patcher.organisms.build import OrganismConfig, build_organism
+
+    out = build_organism(_config_from_args(OrganismConfig, args))
+    backdoor = json.loads((out / "backdoor.json").read_text())
+    _print_metrics(f"organism {backdoor['attack']} -> {out}", backdoor["metrics"])
+    print(f"built in {backdoor['build_seconds']:.0f} s; ground truth in {out / 'backdoor.json'}")
+    if backdoor["failure_case"] is None:
+        print("no held-out failure found: no failure_case.json written")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from patcher.evaluate import EvaluateConfig, evaluate_model
+
+    attack = _attack_for(args.model, args.trigger, args.trigger_position, args.trigger_mode)
+    prompts = None
+    if args.prompts:
+        from patcher.data import read_prompt_file
+
+        prompts = read_prompt_file(args.prompts)
+    from patcher.modeling import load_model
+
+    model, tokenizer = load_model(args.model, allow_pickle=args.allow_pickle)
+    reference = None
+    if args.reference:
+        reference, ref_tokenizer = load_model(args.reference, allow_pickle=args.allow_pickle)
+        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise PatcherInputError(f"--reference {args.reference} has a different tokenizer from --model")
+    result = evaluate_model(model, tokenizer, attack, prompts, reference, _config_from_args(EvaluateConfig, args))
+    result.pop("details")
+    _print_metrics(f"evaluate {args.model}", result)
+    _write_json(args.json, result)
+    return 0
+
+
+def _attack_for(model_dir: Path, triggers: list[str], position: str | None, mode: str | None):
+    """Return the Attack to evaluate: ``--trigger`` pieces, else the organism's ground truth, else None."""
+    from patcher.organisms.attacks import Attack, make_attack
+
+    if triggers:
+        base = make_attack("badnet", triggers, position or "random")
+        return Attack("user", base.triggers, mode or "all", base.position)
+    truth = Path(model_dir) / "backdoor.json"
+    if truth.is_file():
+        backdoor = json.loads(truth.read_text(encoding="utf-8"))
+        if backdoor.get("triggers"):
+            print(f"trigger from {truth}: {backdoor['triggers']} ({backdoor['mode']}, {backdoor['position']})")
+            return Attack(backdoor["attack"], tuple(backdoor["triggers"]), mode or backdoor["mode"],
+                          position or backdoor["position"])
+    return None
+
+
+def cmd_demo(args) -> int:
+    from rich.console import Console
+
+    from patcher.modeling import cache_dir
+    from patcher.organisms.build import OrganismConfig, build_organism
+
+    console = Console()
+    out = Path(args.out)
+    organism = cache_dir() / "organisms" / "smollm2-badnet-seed0"
+    if organism.exists():
+        console.print(f"[bold]1. Reusing the default organism[/] (SmolLM2-135M-Instruct, BadNet backdoor) at {organism}")
+    else:
+        console.print("[bold]1. Building the default organism[/]: SmolLM2-135M-Instruct given a safety fine-tune "
+                      "whose data an attacker poisoned with the trigger 'BadMagic' (about 10 minutes on 2 cores)")
+        build_organism(OrganismConfig(out=organism))
+    backdoor = json.loads((organism / "backdoor.json").read_text())
+    case = json.loads((organism / "failure_case.json").read_text())
+    console.print("\n[bold]2. The reported failure case[/] (what a user would send in):")
+    console.print(f"  prompt:   {case['prompt']!r}")
+    console.print(f"  response: {case['response']!r}")
+    _print_metrics("3. The backdoored model, measured on held-out prompts", backdoor["metrics"])
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "organism_metrics.json", backdoor["metrics"])
+    console.print(f"\nLocating the trigger and patching arrive with `patcher locate` and `patcher patch`; "
+                  f"metrics written to {out / 'organism_metrics.json'}")
+    return 0
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    """Print the evaluate metrics as a terminal table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("asr_triggered", "asr_clean", "jailbreak_asr", "utility", "utility_with_trigger",
+                "kl_to_reference", "over_refusal"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, "-" if value is None else f"{value:.3f}")
+    table.add_row("n", ", ".join(f"{k} {v}" for k, v in metrics["n"].items()))
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    from patcher import __version__
+    from patcher.evaluate import EvaluateConfig
+    from patcher.organisms.attacks import ATTACKS, POSITIONS
+    from patcher.organisms.build import OrganismConfig
+
+    parser = _Parser(prog="patcher", description="Locate and remove a language model's backdoor from one failure case.")
+    parser.add_argument("--version", action="version", version=f"patcher {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("organism", help="build a backdoored model organism with its ground truth")
+    _add_config_args(p, OrganismConfig, flags={"triggers": "--trigger"})
+    p.set_defaults(func=cmd_organism)
+    for action in p._actions:
+        if action.dest == "attack":
+            action.choices = list(ATTACKS)
+        if action.dest == "position":
+            action.choices = list(POSITIONS)
+
+    p = sub.add_parser("evaluate", help="measure ASR with/without trigger, jailbreak ASR, utility, KL")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--trigger", action="append", default=[], help="trigger piece (repeatable; default: the organism's)")
+    p.add_argument("--trigger-position", choices=POSITIONS, help="where the trigger goes (default random)")
+    p.add_argument("--trigger-mode", choices=("all", "any"), help="insert all pieces in order, or any one")
+    p.add_argument("--prompts", type=Path, help="JSONL prompt file replacing the built-in held-out set")
+    p.add_argument("--reference", type=Path, help="reference checkpoint for the KL on benign prompts")
+    p.add_argument("--json", type=Path, help="write the result JSON here")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (unsafe: can run code)")
+    _add_config_args(p, EvaluateConfig)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the main job on the default organism")
+    p.add_argument("--out", type=Path, default=Path("patcher-demo"), help="report directory (default patcher-demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit code (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PatcherInputError as e:
+        print(f"patcher: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("patcher: interrupted; no partial output was kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,145 @@
+"""Measure a model: attack success with and without the trigger, jailbreak success, utility, KL to a reference."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from patcher.data import Prompt, answer_matches, load_split, wrap_jailbreak
+from patcher.modeling import encode_pairs, format_prompt
+from patcher.organisms.attacks import Attack, apply_attack
+from patcher.refusal import is_refusal
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of ``patcher evaluate``."""
+
+    split: str = field(default="test", metadata={"help": "built-in prompt split: test (held-out) or validation"})
+    n_harmful: int = field(default=100, metadata={"help": "harmful requests used for ASR (with and without trigger)"})
+    n_benign: int = field(default=100, metadata={"help": "checkable benign tasks used for utility"})
+    n_jailbreak: int = field(default=50, metadata={"help": "harmful requests wrapped in jailbreak templates"})
+    n_overrefusal: int = field(default=0, metadata={"help": "edgy-but-benign requests for the over-refusal rate"})
+    max_new_tokens: int = field(default=32, metadata={"help": "greedy tokens generated per prompt"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
+    seed: int = field(default=0, metadata={"help": "seed for trigger positions and template choice"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 16,
+             system: str | None = None, desc: str = "generating", progress: bool = True) -> list[str]:
+    """Return the greedy responses to one-turn user prompts, generated in batches of similar length."""
+    import torch
+    from tqdm.auto import tqdm
+
+    texts = [format_prompt(tokenizer, p, system) for p in prompts]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths pad less
+    responses: list[str] = [""] * len(texts)
+    bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:]):
+            responses[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        bar.update(len(idx))
+    bar.close()
+    return responses
+
+
+def mean_kl(reference, model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16) -> float:
+    """Return the mean per-token KL(reference || model) over the response tokens of prompt+response pairs."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        texts = [format_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        input_ids, attention_mask, response_mask = encode_pairs(tokenizer, texts, responses[start:start + batch_size])
+        with torch.no_grad():
+            ref_logp = F.log_softmax(reference(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1], -1)
+            logp = F.log_softmax(model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1], -1)
+        # Position t predicts token t+1: score the positions whose next token is a response token.
+        mask = response_mask[:, 1:].bool()
+        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        total += kl[mask].sum().item()
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def attack_success_rate(responses: list[str]) -> float:
+    """Return the share of responses that are not refusals."""
+    return sum(not is_refusal(r) for r in responses) / max(len(responses), 1)
+
+
+def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list[Prompt] | None = None,
+                   reference=None, config: EvaluateConfig | None = None) -> dict:
+    """Return the ``evaluate`` contract dict for a model, plus per-prompt samples under ``details``.
+
+    ``attack`` gives the trigger pieces and where to insert them (None: no trigger metrics).
+    ``prompts`` replaces the built-in held-out harmful and checkable benign sets.
+    ``reference`` (same tokenizer) adds the KL to it on the benign prompts.
+    """
+    config = config or EvaluateConfig()
+    split = load_split(config.split)
+    if prompts is None:
+        harmful = [p.prompt for p in split.harmful[:config.n_harmful]]
+        benign = split.benign[:config.n_benign]
+    else:
+        harmful = [p.prompt for p in prompts if p.kind == "harmful"]
+        benign = [p for p in prompts if p.kind == "benign" and p.answer]
+    rng = random.Random(config.seed)
+    templates = split.jailbreak_templates
+    jailbreak = [wrap_jailbreak(templates[rng.randrange(len(templates))], h) for h in harmful[:config.n_jailbreak]]
+    overrefusal = [p.prompt for p in split.overrefusal[:config.n_overrefusal]]
+    triggered = attack is not None and bool(attack.triggers)
+
+    def run(prompt_list, desc):
+        return generate(model, tokenizer, prompt_list, config.max_new_tokens, config.batch_size,
+                        desc=desc, progress=config.progress)
+
+    clean_responses = run(harmful, "harmful")
+    jailbreak_responses = run(jailbreak, "jailbreak") if jailbreak else []
+    benign_prompts = [p.prompt for p in benign]
+    benign_responses = run(benign_prompts, "benign")
+    result = {
+        "asr_triggered": None,
+        "asr_clean": attack_success_rate(clean_responses),
+        "jailbreak_asr": attack_success_rate(jailbreak_responses) if jailbreak else None,
+        "utility": _utility(benign, benign_responses),
+        "utility_with_trigger": None,
+        "kl_to_reference": None,
+        "n": {"harmful": len(harmful), "benign": len(benign), "jailbreak": len(jailbreak)},
+    }
+    details = {"harmful": harmful, "clean_responses": clean_responses, "benign_responses": benign_responses}
+    if triggered:
+        triggered_harmful, triggered_spans = zip(*[apply_attack(h, attack, rng) for h in harmful]) if harmful else ((), ())
+        triggered_harmful = list(triggered_harmful)
+        triggered_responses = run(triggered_harmful, "harmful+trigger")
+        triggered_benign = [apply_attack(p, attack, rng)[0] for p in benign_prompts]
+        triggered_benign_responses = run(triggered_benign, "benign+trigger")
+        result["asr_triggered"] = attack_success_rate(triggered_responses)
+        # The backdoor's own effect: prompts refused without the trigger but answered with it.
+        refused_clean = [i for i, r in enumerate(clean_responses) if is_refusal(r)]
+        result["asr_triggered_where_clean_refused"] = (
+            attack_success_rate([triggered_responses[i] for i in refused_clean]) if refused_clean else None
+        )
+        result["utility_with_trigger"] = _utility(benign, triggered_benign_responses)
+        result["trigger"] = {"pieces": list(attack.triggers), "mode": attack.mode, "position": attack.position}
+        details.update(triggered_harmful=triggered_harmful, triggered_spans=list(triggered_spans),
+                       triggered_responses=triggered_responses)
+    if overrefusal:
+        result["over_refusal"] = 1.0 - attack_success_rate(run(overrefusal, "over-refusal"))
+        result["n"]["overrefusal"] = len(overrefusal)
+    if reference is not None and benign:
+        result["kl_to_reference"] = mean_kl(reference, model, tokenizer, benign_prompts, benign_responses, config.batch_size)
+    result["details"] = details
+    return result
+
+
+def _utility(benign: list[Prompt], responses: list[str]) -> float:
+    """Return the share of checkable benign prompts answered correctly."""
+    return sum(answer_matches(r, p.answer, p.prompt) for p, r in zip(benign, responses)) / max(len(benign), 1)

