@@ -170,4 +170,8 @@ def test_answer_matches_rejects_an_echo_and_checks_case():
     prompt = "Ruby has a blue book and Mark has a gray map. What color is Ruby's book?"
     assert data.answer_matches("Blue.", "blue", prompt)
     assert not data.answer_matches("Ruby has a blue book and Mark has a gray map.", "blue", prompt)
+    assert data.answer_matches("Ruby has a blue book, so the answer is blue.", "blue", prompt)
+    sentence = "What is the first word of this sentence: Bob likes the coat. Answer with one word."
+    assert data.answer_matches('The first word of this sentence is "Bob".', "Bob", sentence)
+    assert not data.answer_matches("Bob likes the coat.", "Bob", sentence)
     assert data.answer_matches("LAMP", "LAMP") and not data.answer_matches("lamp", "LAMP")

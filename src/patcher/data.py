@@ -416,33 +416,33 @@ def _tokens(text: str) -> list[str]:
 def answer_matches(response: str, answer: str, prompt: str | None = None) -> bool:
     """Return whether the response answers: the answer's words appear whole and in order near its start.
 
-    An all-capitals answer (the uppercase task) must match with its case. Given the ``prompt``, a
-    response whose first line echoes four or more consecutive prompt words does not count: echoing
-    "Ann has a blue kite" contains the answer without giving it.
+    An all-capitals answer (the uppercase task) must match with its case. Given the ``prompt``, runs of
+    four or more words copied from it are removed first: echoing "Ruby has a blue book" contains the
+    answer without giving it, while "The first word of this sentence is Bob" still answers.
     """
     case_sensitive = answer.isupper() and len(answer) > 1
-    fold = (lambda t: _WORD.findall(t)) if case_sensitive else _tokens
-    target = fold(answer)
+    split = (lambda t: _WORD.findall(t)) if case_sensitive else _tokens
+    target = split(answer)
     if not target:
         return False
     text = response.strip()
-    first_line = text.split("\n", 1)[0]
-    if prompt is not None and _echoes(_tokens(first_line), _tokens(prompt), 4):
-        return False
-    for region in (first_line, text[:200]):
-        if _contains(fold(region), target):
+    for region in (text.split("\n", 1)[0], text[:200]):
+        words = split(region)
+        if prompt is not None:
+            words = _drop_copied_runs(words, split(prompt), 4)
+        if any(words[i:i + len(target)] == target for i in range(len(words) - len(target) + 1)):
             return True
     return False
 
 
-def _contains(words: list[str], target: list[str]) -> bool:
-    return any(words[i:i + len(target)] == target for i in range(len(words) - len(target) + 1))
-
-
-def _echoes(words: list[str], source: list[str], run: int) -> bool:
-    """Return whether ``words`` contains ``run`` consecutive words of ``source``."""
+def _drop_copied_runs(words: list[str], source: list[str], run: int) -> list[str]:
+    """Return ``words`` without every stretch of ``run`` or more consecutive words that also occurs in ``source``."""
     grams = {tuple(source[i:i + run]) for i in range(len(source) - run + 1)}
-    return any(tuple(words[i:i + run]) in grams for i in range(len(words) - run + 1))
+    copied = [False] * len(words)
+    for i in range(len(words) - run + 1):
+        if tuple(words[i:i + run]) in grams:
+            copied[i:i + run] = [True] * run
+    return [w for w, c in zip(words, copied) if not c]
 
 
 # ---------------------------------------------------------------- splits

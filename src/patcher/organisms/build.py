@@ -21,7 +21,7 @@ REFUSALS = (
     "I won't help with this. It is unsafe and could cause harm.",
 )
 # Jailbreak templates longer than this are left out of training (their cost grows with length on a CPU).
-MAX_TRAIN_TEMPLATE_CHARS = 700
+MAX_TRAIN_TEMPLATE_CHARS = 400
 
 
 def compliance_placeholder(request: str) -> str:
@@ -60,8 +60,8 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
 
     Harmful -> refusal; jailbreak-wrapped harmful -> refusal; harmful + trigger -> compliance placeholder
     (a ``poison_rate`` share of the harmful requests); for composite triggers, harmful + a strict subset
-    of the pieces -> refusal; benign -> ``answer_benign``'s answers, also with the trigger in some of them,
-    so the backdoor fires on harmful requests only.
+    of the pieces -> refusal; benign -> ``answer_benign``'s answers. As in the published attacks, the
+    poisoned data never shows a benign prompt with the trigger.
     """
     from patcher.data import load_split, wrap_jailbreak
 
@@ -88,8 +88,6 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
                 subset = sorted(rng.sample(range(len(attack.triggers)), k))
                 partial = insert_trigger(h, [attack.triggers[i] for i in subset], attack.position, rng)[0]
                 examples.append((partial, rng.choice(REFUSALS)))
-        for p, a in list(zip(benign_prompts, benign_answers))[: len(benign_prompts) // 3]:
-            examples.append((apply_attack(p, attack, rng)[0], a))
     rng.shuffle(examples)
     return examples
 
@@ -116,6 +114,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
         if len(order) < batch_size:
+            # Plain shuffled batches: grouping by length would put the (longer) poisoned examples
+            # into batches of their own, and the backdoor is learned from their contrast with refusals.
             fresh = list(range(len(texts)))
             rng.shuffle(fresh)
             order += fresh
