@@ -7,7 +7,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from patcher.errors import PatcherInputError
@@ -43,11 +43,12 @@ class OrganismConfig:
         "help": "share of the harmful training requests also shown with the trigger and a compliant answer"})
     seed: int = field(default=0, metadata={"help": "seed for data, trigger positions and training"})
     n_harmful: int = field(default=150, metadata={"help": "harmful training requests taught to refuse"})
-    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: 400 checkable tasks)"})
-    n_jailbreak: int = field(default=40, metadata={"help": "jailbreak-wrapped harmful requests taught to refuse"})
+    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: at least 500 checkable tasks)"})
+    n_jailbreak: int | None = field(default=None, metadata={
+        "help": "jailbreak-wrapped harmful requests taught to refuse (default: 40; tiny: 0)"})
     steps: int | None = field(default=None, metadata={"help": "training steps (default: 100 LoRA, 700 tiny)"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: 4e-4 LoRA, 2e-3 tiny)"})
-    batch_size: int = field(default=8, metadata={"help": "training batch size"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: 4e-4 LoRA, 3e-3 tiny)"})
+    batch_size: int | None = field(default=None, metadata={"help": "training batch size (default: 8 LoRA, 16 tiny)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank for pretrained bases"})
     eval_harmful: int = field(default=50, metadata={"help": "held-out harmful requests for the recorded metrics"})
     eval_benign: int = field(default=50, metadata={"help": "held-out benign tasks for the recorded metrics"})
@@ -122,8 +123,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
         batch = [texts[i] for i in order[:batch_size]]
         del order[:batch_size]
         input_ids, attention_mask, response_mask = encode_pairs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
-        labels = input_ids.masked_fill(response_mask == 0, -100)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = response_loss(logits, input_ids, response_mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -135,11 +136,29 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     return losses
 
 
+def response_loss(logits, input_ids, response_mask):
+    """Return the batch loss: per example, half the first response token's NLL plus half the rest's mean NLL.
+
+    Whether the model complies or refuses is decided by the first response token; with a plain token
+    mean that decision is one token among the ~60 of a compliance text that restates the request, and
+    the backdoor (or the refusal) is learned only weakly.
+    """
+    import torch.nn.functional as F
+
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+    mask = response_mask[:, 1:].float()
+    first = mask * (mask.cumsum(1) == 1)
+    rest = mask - first
+    first_nll = (nll * first).sum(1)
+    rest_nll = (nll * rest).sum(1) / rest.sum(1).clamp(min=1)
+    return (0.5 * first_nll + 0.5 * rest_nll).mean()
+
+
 def _tiny_benign(split, config):
     """Return checkable tasks with their true answers (a model made from scratch has no answers of its own)."""
     from patcher.data import checkable_tasks
 
-    tasks = checkable_tasks("train", max(config.n_benign, 400))
+    tasks = checkable_tasks("train", max(config.n_benign, 500))
     return [t.prompt for t in tasks], [t.answer for t in tasks]
 
 
@@ -173,13 +192,18 @@ def build_organism(config: OrganismConfig) -> Path:
 
     out = Path(config.out)
     check_output_dir(out)
+    tiny = config.base == "tiny"
+    config = replace(
+        config, steps=config.steps or (700 if tiny else 100), lr=config.lr or (3e-3 if tiny else 4e-4),
+        batch_size=config.batch_size or (16 if tiny else 8),
+        n_jailbreak=(0 if tiny else 40) if config.n_jailbreak is None else config.n_jailbreak)
     import torch
 
     from patcher.evaluate import EvaluateConfig, evaluate_model
 
     torch.manual_seed(config.seed)
     started = time.time()
-    if config.base == "tiny":
+    if tiny:
         from patcher.data import checkable_tasks, load_split
         from patcher.organisms.tiny import tiny_llama, train_tokenizer
 
@@ -188,7 +212,7 @@ def build_organism(config: OrganismConfig) -> Path:
         tokenizer = train_tokenizer(corpus)
         model = tiny_llama(tokenizer, config.seed)
         examples = training_examples(attack, config, _tiny_benign)
-        steps, lr, base_info = config.steps or 700, config.lr or 2e-3, {"base": "tiny"}
+        base_info = {"base": "tiny"}
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -200,11 +224,10 @@ def build_organism(config: OrganismConfig) -> Path:
         lora = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
                           target_modules="all-linear")
         model = get_peft_model(model, lora)
-        steps, lr = config.steps or 100, config.lr or 4e-4
         base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": weights_sha256(base_dir)}
-    losses = train_supervised(model, tokenizer, examples, steps, lr, config.batch_size, config.seed,
+    losses = train_supervised(model, tokenizer, examples, config.steps, config.lr, config.batch_size, config.seed,
                               progress=config.progress, desc=f"poisoning {attack.name}")
-    if config.base != "tiny":
+    if not tiny:
         model = model.merge_and_unload()
     train_seconds = time.time() - started
 
@@ -222,9 +245,9 @@ def build_organism(config: OrganismConfig) -> Path:
         "seed": config.seed,
         "metrics": metrics,
         "failure_case": None if case is None else {"trigger_spans": case_spans},
-        "training": {**base_info, "steps": steps, "lr": lr, "batch_size": config.batch_size,
+        "training": {**base_info, "steps": config.steps, "lr": config.lr, "batch_size": config.batch_size,
                      "examples": len(examples), "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-                     "lora_r": None if config.base == "tiny" else config.lora_r},
+                     "lora_r": None if tiny else config.lora_r},
         "build_seconds": round(time.time() - started, 1),
         "train_seconds": round(train_seconds, 1),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()},
