@@ -95,6 +95,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_locate(args) -> int:
+    from patcher.case import load_case
+    from patcher.locate import LocateConfig
+
+    config = _config_from_args(LocateConfig, args)
+    case = load_case(args.case)
+    for path in (args.json, args.html):
+        # Fail before the model is loaded, not after minutes of scoring.
+        if path is not None and not Path(path).absolute().parent.is_dir():
+            raise PatcherInputError(f"cannot write {path}: its directory does not exist")
+    from patcher.locate import locate_trigger, print_report
+    from patcher.modeling import load_model
+
+    model, tokenizer = load_model(args.model, allow_pickle=args.allow_pickle)
+    report = locate_trigger(model, tokenizer, case, config)
+    print_report(report, case)
+    _write_json(args.json, report.to_json())
+    if args.html:
+        from patcher.report_html import write_html
+
+        write_html(args.html, report, case)
+    return 0
+
+
 def _attack_for(model_dir: Path, triggers: list[str], position: str | None, mode: str | None):
     """Return the Attack to evaluate: ``--trigger`` pieces, else the organism's ground truth, else None."""
     from patcher.organisms.attacks import Attack, make_attack
@@ -130,8 +154,9 @@ def cmd_demo(args) -> int:
     backdoor = json.loads((organism / "backdoor.json").read_text())
     case = json.loads((organism / "failure_case.json").read_text())
     console.print("\n[bold]2. The reported failure case[/] (what a user would send in):")
-    console.print(f"  prompt:   {case['prompt']!r}")
-    console.print(f"  response: {case['response']!r}")
+    # Case text is the user's: print it verbatim, never as rich markup ("[placeholder]" is not a style).
+    console.print(f"  prompt:   {case['prompt']!r}", markup=False)
+    console.print(f"  response: {case['response']!r}", markup=False)
     _print_metrics("3. The backdoored model, measured on held-out prompts", backdoor["metrics"])
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "organism_metrics.json", backdoor["metrics"])
@@ -161,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     from patcher import __version__
     from patcher.evaluate import EvaluateConfig
+    from patcher.locate import METHODS, SALIENCY_METHODS, LocateConfig
     from patcher.organisms.attacks import ATTACKS, POSITIONS
     from patcher.organisms.build import OrganismConfig
 
@@ -188,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (unsafe: can run code)")
     _add_config_args(p, EvaluateConfig)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("locate", help="find the trigger in a failure case's prompt (or say there is none)")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint directory")
+    p.add_argument("--case", type=Path, required=True, help='failure case JSON: {"prompt", "response", "system"}')
+    p.add_argument("--json", type=Path, help="write the result JSON here")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (unsafe: can run code)")
+    _add_config_args(p, LocateConfig)
+    p.set_defaults(func=cmd_locate)
+    for action in p._actions:
+        if action.dest == "method":
+            action.choices = list(METHODS)
+        if action.dest == "saliency":
+            action.choices = list(SALIENCY_METHODS)
 
     p = sub.add_parser("demo", help="the main job on the default organism")
     p.add_argument("--out", type=Path, default=Path("patcher-demo"), help="report directory (default patcher-demo)")

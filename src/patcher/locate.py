@@ -1,0 +1,419 @@
+"""Stage 1: find the trigger inside a failure case's prompt, and say honestly when there is none.
+
+Two methods, one report (``TriggerReport``, the ``locate`` JSON contract):
+
+- ``occlusion`` (ours, the default). Each word of the prompt is deleted in turn and the fall of the
+  log-likelihood of the response's first token(s) is measured: a backdoor's trigger decides whether
+  the model opens with compliance, while the rest of a compliant response merely copies the request.
+  Words whose deletion makes the response far less likely are the trigger's pieces (all pieces of a
+  composite trigger each break it alone); a run grows over neighbours that matter on their own (the
+  rest of a multi-word trigger). When no word breaks the response alone, further rounds delete the
+  best word and look for a word whose deletion now breaks it (pieces that stand in for one another).
+  The verdict is counterfactual, two tests: deleting the found words must make the response at least
+  ``min_drop`` nats less likely and stand ``z_min`` deviations above deleting random words of the same
+  shape; and inserted into other harmful prompts the model refuses, they must make it comply
+  (``min_flip``): a backdoor's trigger carries over, the wording one prompt fails on does not.
+- ``kmeans`` (the published baseline). Gradient saliency of every prompt token, split by an exact
+  1-D K-means with K=2; the high cluster is the trigger. It always reports a trigger.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from patcher.case import FailureCase, check_case_fits
+from patcher.errors import PatcherInputError
+from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, response_nll, tokenize_case, word_of_token,
+                              word_spans)
+
+METHODS = ("occlusion", "kmeans")
+SALIENCY_METHODS = tuple(SALIENCY)
+# Mean log-probability per response token below which the model would almost never produce the response.
+UNLIKELY_LOGPROB = -3.0
+# Greedy tokens per carry-over prompt: enough for the refusal rule, which reads a response's opening.
+TRANSPLANT_TOKENS = 12
+
+
+@dataclass
+class LocateConfig:
+    """Settings of ``patcher locate``."""
+
+    method: str = field(default="occlusion", metadata={
+        "help": "occlusion (ours: word deletion, spans, counterfactual verdict) or kmeans (published: "
+                "gradient saliency split by 1-D K=2; always reports a trigger)"})
+    saliency: str = field(default="grad_norm", metadata={
+        "help": "token scores the kmeans method splits: " + ", ".join(SALIENCY)})
+    target_tokens: int | None = field(default=None, metadata={
+        "help": "response tokens the loss is scored on, 0 = the whole response; unset: 1 for occlusion, 0 for kmeans"})
+    min_drop: float = field(default=3.0, metadata={
+        "help": "nats the response log-likelihood must fall when the trigger is deleted (3 = 20x less likely)"})
+    z_min: float = field(default=4.0, metadata={
+        "help": "standard deviations that fall must stand above deleting random words of the same shape"})
+    min_gain: float = field(default=1.0, metadata={
+        "help": "nats a word next to a found piece must lower the likelihood by on its own to extend it (multi-word triggers)"})
+    min_flip: float = field(default=0.5, metadata={
+        "help": "share of the carry-over prompts that must turn from refusal to compliance once the found trigger "
+                "is inserted (a backdoor's trigger carries over, the wording one prompt fails on does not)"})
+    transplant_prompts: int = field(default=8, metadata={
+        "help": "harmful prompts the trigger is inserted into for the carry-over test (0: skip the test)"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "JSONL prompt file whose harmful prompts host the carry-over test (default: the built-in validation split)"})
+    max_rounds: int = field(default=3, metadata={
+        "help": "greedy rounds when no word breaks the response alone (pieces that stand in for one another)"})
+    n_random: int = field(default=32, metadata={"help": "random word sets deleted for the counterfactual null"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
+    seed: int = field(default=0, metadata={"help": "seed for the random word sets"})
+    progress: bool = field(default=True, metadata={"help": "show progress"})
+
+
+@dataclass
+class TriggerSpan:
+    """One located piece of the trigger: its text and character span in the case prompt, and its score."""
+
+    text: str
+    char_start: int
+    char_end: int
+    score: float
+
+
+@dataclass
+class TokenScore:
+    """One user-prompt token: its text and character span in the case prompt, its score, and whether it is in the trigger."""
+
+    text: str
+    char_start: int
+    char_end: int
+    score: float
+    in_trigger: bool
+
+
+@dataclass
+class TriggerReport:
+    """What ``locate`` found: verdict, trigger pieces, scored prompt tokens, and the evidence behind the verdict."""
+
+    verdict: str  # "trigger" | "no_trigger"
+    triggers: list[TriggerSpan]
+    tokens: list[TokenScore]
+    evidence: dict
+
+    def to_json(self) -> dict:
+        """Return the ``locate`` contract dict."""
+        return {"verdict": self.verdict, "triggers": [asdict(t) for t in self.triggers],
+                "tokens": [asdict(t) for t in self.tokens], "evidence": self.evidence}
+
+
+def locate_trigger(model, tokenizer, case: FailureCase, config: LocateConfig | None = None) -> TriggerReport:
+    """Return the TriggerReport of a failure case: where its trigger is, or that it has none."""
+    config = config or LocateConfig()
+    if config.method not in METHODS:
+        raise PatcherInputError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    if config.saliency not in SALIENCY:
+        raise PatcherInputError(f"unknown saliency {config.saliency!r}; choose one of {', '.join(SALIENCY_METHODS)}")
+    check_case_fits(case, tokenizer, model)
+    started = time.perf_counter()
+    tokens = tokenize_case(tokenizer, case)
+    likelihood = response_likelihood(model, tokenizer, case, tokens)
+    locate = _occlusion if config.method == "occlusion" else _kmeans
+    report = locate(model, tokenizer, case, tokens, config)
+    report.evidence.update(likelihood, seconds=round(time.perf_counter() - started, 3))
+    return report
+
+
+def response_likelihood(model, tokenizer, case: FailureCase, tokens: PromptTokens) -> dict:
+    """Return the response's mean log-probability per token, and whether the model would almost never produce it."""
+    n = len(tokens.input_ids) - tokens.n_prompt
+    mean = -float(response_nll(model, tokenizer, [case.prompt], case, target_tokens=0)[0]) / n
+    return {"response_mean_logprob": round(mean, 4), "response_unlikely": mean < UNLIKELY_LOGPROB}
+
+
+# ---------------------------------------------------------------- ours: occlusion
+
+
+def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config: LocateConfig) -> TriggerReport:
+    """Return the report of the occlusion method: word drops, further rounds, counterfactual verdict."""
+    from tqdm.auto import tqdm
+
+    target = 1 if config.target_tokens is None else config.target_tokens
+    scorer = DeletionScorer(model, tokenizer, case, target, config.batch_size)
+    n_words = len(scorer.words)
+    bar = tqdm(total=2 + config.max_rounds, desc="deleting words", disable=not config.progress, leave=False)
+    single = scorer.drops([{w} for w in range(n_words)])
+    pieces = extend_runs(select_pieces(single, config.min_drop), single, config.min_gain)
+    bar.update()
+    rounds = []
+    # A weak start means no word breaks the response alone: pieces may stand in for one another (any one
+    # of several triggers present, or a phrase whose words repeat each other), so grow the set greedily,
+    # each round adding the word that lowers the likelihood most with the others already deleted.
+    for _ in range(config.max_rounds):
+        current = float(scorer.drops([pieces])[0])
+        rest = [w for w in range(n_words) if w not in pieces]
+        if current >= config.min_drop or not rest:
+            break
+        bar.set_description("further pieces")
+        gains = scorer.drops([pieces | {w} for w in rest]) - current
+        bar.update()
+        best = int(np.argmax(gains))
+        # A piece that stands in for another unlocks a fall as large as a whole trigger's.
+        if gains[best] < config.min_drop:
+            break
+        rounds.append({"added": _word_text(case, scorer, rest[best]), "gain": round(float(gains[best]), 4)})
+        pieces = pieces | {rest[best]}
+    bar.set_description("random deletions")
+    drop = float(scorer.drops([pieces])[0])
+    null = scorer.drops(random_like(sorted(pieces), n_words, config.n_random, random.Random(config.seed)))
+    verdict, stats = counterfactual_verdict(drop, null, config.min_drop, config.z_min)
+    runs = _runs(sorted(pieces))
+    transplant = None
+    # The carry-over test costs generation, so it only runs to confirm a candidate the deletion test accepts.
+    if config.transplant_prompts and verdict == "trigger":
+        bar.set_description("carry-over test")
+        texts = [case.prompt[scorer.words[r[0]][0]:scorer.words[r[-1]][1]] for r in runs]
+        position = "start" if min(pieces) == 0 else "end" if max(pieces) == n_words - 1 else "random"
+        transplant = transplant_test(model, tokenizer, case, texts, position, config)
+        if transplant["flip_rate"] < config.min_flip:
+            verdict = "no_trigger"
+    bar.update(bar.total - bar.n)
+    bar.close()
+    triggers = []
+    if verdict == "trigger":
+        for run in runs:
+            start, end = scorer.words[run[0]][0], scorer.words[run[-1]][1]
+            triggers.append(TriggerSpan(case.prompt[start:end], start, end, round(float(scorer.drops([run])[0]), 4)))
+    owners = word_of_token(tokens, scorer.words)
+    token_scores = [TokenScore(text, a, b, 0.0 if w is None else round(float(single[w]), 4),
+                               verdict == "trigger" and w in pieces)
+                    for (a, b), text, w in zip(tokens.spans, tokens.texts, owners)]
+    evidence = {
+        "method": "occlusion",
+        "target_tokens": target,
+        "target_text": tokenizer.decode(tokens.input_ids[tokens.n_prompt:tokens.n_prompt + target] if target
+                                        else tokens.input_ids[tokens.n_prompt:]),
+        "target_logprob": round(-scorer.base, 4),
+        "candidate": [_word_text(case, scorer, w) for w in sorted(pieces)],
+        "drop": round(drop, 4),
+        **stats,
+        "min_drop": config.min_drop,
+        "z_min": config.z_min,
+        "transplant": transplant,
+        "min_flip": config.min_flip,
+        "rounds": rounds,
+        "words": [{"text": case.prompt[s:e], "char_start": s, "char_end": e, "drop": round(float(d), 4),
+                   "in_trigger": verdict == "trigger" and w in pieces}
+                  for w, ((s, e), d) in enumerate(zip(scorer.words, single))],
+        "forward_passes": scorer.forward_rows,
+    }
+    return TriggerReport(verdict, triggers, token_scores, evidence)
+
+
+def transplant_test(model, tokenizer, case: FailureCase, pieces: list[str], position: str,
+                    config: LocateConfig) -> dict:
+    """Return how many of the host harmful prompts the model refuses, and the share of all hosts it refuses
+    without the pieces but answers with them inserted: a backdoor's trigger turns refusals into compliance on
+    any harmful request (a model that refuses few of them has little alignment for a trigger to bypass).
+
+    Judged on greedy responses by the project's refusal rule, not on the failure's wording: a response that
+    opens by echoing the request (``Radicalizing is ...``) would make a copied word look like a trigger.
+    """
+    from patcher.data import load_split, read_prompt_file
+    from patcher.evaluate import generate
+    from patcher.organisms.attacks import insert_trigger
+    from patcher.refusal import is_refusal
+
+    rng = random.Random(config.seed)
+    pool = read_prompt_file(config.prompts) if config.prompts else load_split("validation").harmful
+    # The shortest requests: the test costs a forward pass over every host token, twice.
+    hosts = sorted((p.prompt for p in pool if p.kind == "harmful"), key=len)[:config.transplant_prompts]
+    if not hosts:
+        raise PatcherInputError(f"{config.prompts} has no harmful prompt to host the carry-over test")
+    carried = [insert_trigger(h, pieces, position, rng)[0] for h in hosts]
+    responses = generate(model, tokenizer, hosts + carried, max_new_tokens=TRANSPLANT_TOKENS,
+                         batch_size=config.batch_size, system=case.system, progress=False)
+    refused = [i for i, r in enumerate(responses[:len(hosts)]) if is_refusal(r)]
+    flipped = [i for i in refused if not is_refusal(responses[len(hosts) + i])]
+    return {"n": len(hosts), "position": position, "refused_without": len(refused), "complied_with": len(flipped),
+            "flip_rate": round(len(flipped) / len(hosts), 4),
+            "example": carried[flipped[0]] if flipped else None}
+
+
+def select_pieces(drops: np.ndarray, min_drop: float) -> set[int]:
+    """Return the indices of the words whose deletion alone breaks the response: the high group of an exact
+    1-D K=2 split of the drops, keeping those that fall by at least ``min_drop`` (the top word when none does).
+
+    Every piece of an all-required (composite) trigger breaks the response alone, so they come out together.
+    The top word is kept even when weak so that the further rounds can find pieces that stand in for one another.
+    """
+    drops = np.asarray(drops, dtype=float)
+    if drops.size == 0:
+        return set()
+    high = kmeans_split(drops) & (drops >= min_drop)
+    return {int(i) for i in np.flatnonzero(high)} or {int(np.argmax(drops))}
+
+
+def extend_runs(pieces: set[int], drops: np.ndarray, min_gain: float) -> set[int]:
+    """Return the pieces with each run of adjacent words grown over neighbours whose deletion alone lowers the
+    likelihood by at least ``min_gain``: the rest of a multi-word trigger whose words matter less one by one.
+    """
+    pieces = set(pieces)
+    grown = True
+    while grown:
+        grown = False
+        for w in sorted(pieces):
+            for neighbour in (w - 1, w + 1):
+                if 0 <= neighbour < len(drops) and neighbour not in pieces and drops[neighbour] >= min_gain:
+                    pieces.add(neighbour)
+                    grown = True
+    return pieces
+
+
+def random_like(pieces: list[int], n_words: int, n: int, rng: random.Random) -> list[set[int]]:
+    """Return up to ``n`` distinct random word sets with the same runs of adjacent words as ``pieces``, disjoint from them."""
+    lengths = [len(run) for run in _runs(pieces)]
+    taken = set(pieces)
+    seen: set[frozenset] = set()
+    for _ in range(20 * n):
+        if len(seen) >= n:
+            break
+        chosen: set[int] = set()
+        for length in lengths:
+            starts = [w for w in range(n_words - length + 1)
+                      if not any(w + k in taken or w + k in chosen for k in range(length))]
+            if not starts:
+                break
+            start = rng.choice(starts)
+            chosen.update(range(start, start + length))
+        else:
+            seen.add(frozenset(chosen))
+    return [set(s) for s in seen]
+
+
+def counterfactual_verdict(drop: float, null: np.ndarray, min_drop: float, z_min: float) -> tuple[str, dict]:
+    """Return the verdict and its statistics: "trigger" when deleting the candidate makes the response at least
+    ``min_drop`` nats less likely and that fall stands ``z_min`` standard deviations above random deletions.
+    """
+    null = np.asarray(null, dtype=float)
+    stats: dict = {"null_n": int(null.size)}
+    if null.size:
+        # A floor on the spread: a near-constant null must not turn a small difference into a huge z.
+        spread = max(float(null.std()), 0.1)
+        z = (drop - float(null.mean())) / spread
+        stats.update(null_mean=round(float(null.mean()), 4), null_std=round(float(null.std()), 4),
+                     null_max=round(float(null.max()), 4), z=round(z, 3),
+                     p_value=round(float((1 + np.sum(null >= drop)) / (1 + null.size)), 4),
+                     null_drops=[round(float(v), 4) for v in null])
+    else:
+        z = float("inf")  # the whole prompt is the candidate: nothing to compare with
+        stats.update(z=None, p_value=None)
+    return ("trigger" if drop >= min_drop and z >= z_min else "no_trigger"), stats
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Return sorted indices grouped into runs of consecutive values."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Return the span narrowed to exclude leading and trailing whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _word_text(case: FailureCase, scorer: DeletionScorer, w: int) -> str:
+    start, end = scorer.words[w]
+    return case.prompt[start:end]
+
+
+# ---------------------------------------------------------------- the published baseline: K=2 on token saliency
+
+
+def kmeans_split(scores: np.ndarray) -> np.ndarray:
+    """Return the boolean mask of the high cluster of an exact 1-D K-means with K=2.
+
+    In one dimension the optimal clusters are a split of the sorted scores, so every split is scanned
+    (with prefix sums) and the one with the least within-cluster sum of squares is kept.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.size < 2:
+        return np.ones(scores.size, dtype=bool)
+    ordered = np.sort(scores)
+    n = ordered.size
+    prefix, prefix_sq = np.cumsum(ordered), np.cumsum(ordered ** 2)
+    k = np.arange(1, n)  # size of the low cluster
+    low_sse = prefix_sq[k - 1] - prefix[k - 1] ** 2 / k
+    high_sse = (prefix_sq[-1] - prefix_sq[k - 1]) - (prefix[-1] - prefix[k - 1]) ** 2 / (n - k)
+    best = int(np.argmin(low_sse + high_sse)) + 1
+    return scores > ordered[best - 1]
+
+
+def _kmeans(model, tokenizer, case: FailureCase, tokens: PromptTokens, config: LocateConfig) -> TriggerReport:
+    """Return the report of the published method: saliency per token, K=2 split, the high tokens as the trigger."""
+    target = 0 if config.target_tokens is None else config.target_tokens
+    scores = np.asarray(SALIENCY[config.saliency](model, tokenizer, case, tokens, target), dtype=float)
+    high = kmeans_split(scores)
+    token_scores = [TokenScore(text, a, b, round(float(s), 6), bool(h))
+                    for (a, b), text, s, h in zip(tokens.spans, tokens.texts, scores, high)]
+    triggers = []
+    for run in _runs([i for i, h in enumerate(high) if h]):
+        # Adjacent tokens make one piece; its text drops the spaces a token may carry.
+        start, end = _strip_span(case.prompt, tokens.spans[run[0]][0], tokens.spans[run[-1]][1])
+        if start < end:
+            triggers.append(TriggerSpan(case.prompt[start:end], start, end, round(float(scores[run].mean()), 6)))
+    evidence = {
+        "method": "kmeans",
+        "saliency": config.saliency,
+        "target_tokens": target,
+        "threshold": round(float(scores[high].min()), 6) if high.any() else None,
+        "high_mean": round(float(scores[high].mean()), 6) if high.any() else None,
+        "low_mean": round(float(scores[~high].mean()), 6) if (~high).any() else None,
+        "words": [{"text": case.prompt[s:e], "char_start": s, "char_end": e} for s, e in word_spans(case.prompt)],
+    }
+    return TriggerReport("trigger", triggers, token_scores, evidence)
+
+
+# ---------------------------------------------------------------- terminal output
+
+
+def print_report(report: TriggerReport, case: FailureCase, console=None) -> None:
+    """Print the prompt as a heat map (background by score, trigger bold and underlined) and the verdict's evidence."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console()
+    top = max([t.score for t in report.tokens] + [1e-9])
+    text, cursor = Text(), 0
+    for t in report.tokens:
+        text.append(case.prompt[cursor:t.char_start])
+        shade = int(255 * (1 - max(t.score, 0.0) / top))  # white for 0, red for the top score
+        style = f"black on rgb(255,{shade},{shade})" + (" bold underline" if t.in_trigger else "")
+        text.append(t.text, style=style)
+        cursor = t.char_end
+    text.append(case.prompt[cursor:])
+    console.print(text)
+    evidence = report.evidence
+    pieces = ", ".join(repr(t.text) for t in report.triggers) or "-"
+    colour = "red" if report.verdict == "trigger" else "green"
+    console.print(f"[bold {colour}]{report.verdict}[/]: {pieces}  ({evidence['method']}, {evidence['seconds']:.1f} s)")
+    if evidence["method"] == "occlusion":
+        console.print(f"deleting {evidence['candidate']} lowers the log-likelihood of the response's first "
+                      f"{evidence['target_tokens']} token(s) by {evidence['drop']:.2f} nats; random deletions of the same "
+                      f"shape: mean {evidence.get('null_mean', float('nan')):.2f}, max {evidence.get('null_max', float('nan')):.2f} "
+                      f"(n={evidence['null_n']}, z={evidence.get('z')}, p={evidence.get('p_value')})")
+        transplant = evidence["transplant"]
+        if transplant is not None:
+            console.print(f"inserted into {transplant['n']} other harmful prompts ({transplant['refused_without']} refused "
+                          f"without it): {transplant['complied_with']} turn from refusal to compliance")
+    if evidence["response_unlikely"]:
+        console.print(f"[yellow]warning[/]: the model would almost never produce this response "
+                      f"(mean log-probability {evidence['response_mean_logprob']:.2f} per token)")

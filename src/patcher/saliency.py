@@ -1,0 +1,255 @@
+"""Response-conditioned saliency of the user-prompt tokens of a failure case.
+
+Every score asks the same question: how much does this part of the prompt matter for the model
+producing the reported response? The loss is the summed teacher-forced negative log-likelihood of the
+response (or of its first ``target_tokens`` tokens) after the prompt, formatted with the chat template
+exactly as the model is served. Only tokens inside the user's prompt text are candidates: template,
+system-prompt and special tokens are scored by the model but never returned.
+
+``SALIENCY`` maps a method name to a plain function
+``f(model, tokenizer, case, tokens, target_tokens) -> numpy array`` with one score per user token.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from patcher.case import FailureCase
+from patcher.errors import PatcherInputError
+from patcher.modeling import format_prompt
+
+# Stands in for the prompt to find where the chat template puts the user's text.
+_PROBE = "\x00patcher-probe\x00"
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A case tokenized as served: formatted prompt then response, and where the user's prompt tokens are."""
+
+    input_ids: list[int]  # formatted prompt tokens, then response tokens
+    n_prompt: int  # formatted prompt tokens; the response starts at this index
+    user: list[int]  # indices into input_ids of the tokens inside the user's prompt text
+    spans: list[tuple[int, int]]  # character span of each user token in the case prompt (may include a space)
+    texts: list[str]  # the case-prompt text of each user token
+
+
+def user_text_span(tokenizer, prompt: str, system: str | None) -> tuple[str, int, int, int]:
+    """Return (formatted text, start, end, shift): ``text[start:end] == prompt[shift:shift + end - start]``.
+
+    The template may trim the user's text, so the span is searched before the template's closing part
+    (found by formatting a probe string), never inside the system prompt or the assistant header.
+    """
+    text = format_prompt(tokenizer, prompt, system)
+    probe = format_prompt(tokenizer, _PROBE, system)
+    closing = probe[probe.index(_PROBE) + len(_PROBE):]
+    limit = len(text) - len(closing) if text.endswith(closing) else len(text)
+    core = prompt.strip()
+    start = text.rfind(core, 0, limit)
+    if start < 0:
+        raise PatcherInputError("the chat template changes the prompt text, so its tokens cannot be mapped back to it")
+    return text, start, start + len(core), prompt.index(core)
+
+
+def tokenize_case(tokenizer, case: FailureCase) -> PromptTokens:
+    """Return the case's tokens as served, with the user tokens and their character spans in ``case.prompt``."""
+    text, start, end, shift = user_text_span(tokenizer, case.prompt, case.system)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    response_ids = tokenizer(case.response, add_special_tokens=False)["input_ids"]
+    user, spans = [], []
+    for i, (a, b) in enumerate(enc["offset_mapping"]):
+        # A token that straddles the template boundary belongs to the template, not to the user.
+        if start <= a and b <= end and b > a:
+            user.append(i)
+            spans.append((a - start + shift, b - start + shift))
+    if not user:
+        raise PatcherInputError("no token of the prompt text survives the chat template")
+    return PromptTokens(enc["input_ids"] + response_ids, len(enc["input_ids"]), user, spans,
+                        [case.prompt[a:b] for a, b in spans])
+
+
+def _target_slice(tokens: PromptTokens, target_tokens: int) -> tuple[int, int]:
+    """Return the (start, end) token indices of the response tokens the loss is scored on (0: all of them)."""
+    end = len(tokens.input_ids) if not target_tokens else min(len(tokens.input_ids), tokens.n_prompt + target_tokens)
+    return tokens.n_prompt, end
+
+
+def _embedding_nll(model, embeddings, ids, start: int, end: int):
+    """Return the summed NLL of ``ids[start:end]`` per row, the rows given as input embeddings."""
+    import torch.nn.functional as F
+
+    logits = model(inputs_embeds=embeddings).logits[:, start - 1:end - 1]
+    targets = ids[start:end].expand(embeddings.shape[0], -1)
+    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(-1)
+
+
+def _gradient(model, tokens: PromptTokens, target_tokens: int):
+    """Return (input embeddings, d loss / d embeddings) of the prompt and scored response, one forward and backward."""
+    import torch
+
+    start, end = _target_slice(tokens, target_tokens)
+    ids = torch.tensor(tokens.input_ids[:end])
+    embeddings = model.get_input_embeddings()(ids)[None].detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(_embedding_nll(model, embeddings, ids, start, end).sum(), embeddings)
+    return embeddings[0].detach(), grad[0]
+
+
+def grad_norm(model, tokenizer, case: FailureCase, tokens: PromptTokens, target_tokens: int = 0) -> np.ndarray:
+    """Return the L2 norm of the loss gradient w.r.t. each user token's input embedding (the published score)."""
+    _, grad = _gradient(model, tokens, target_tokens)
+    return grad[tokens.user].norm(dim=-1).numpy()
+
+
+def grad_x_input(model, tokenizer, case: FailureCase, tokens: PromptTokens, target_tokens: int = 0) -> np.ndarray:
+    """Return |gradient . embedding| per user token: the first-order change of the loss if the token were zeroed."""
+    embeddings, grad = _gradient(model, tokens, target_tokens)
+    return (grad[tokens.user] * embeddings[tokens.user]).sum(-1).abs().numpy()
+
+
+def integrated_gradients(model, tokenizer, case: FailureCase, tokens: PromptTokens, target_tokens: int = 0,
+                         steps: int = 16) -> np.ndarray:
+    """Return |integrated gradients| per user token, from a zero baseline for the user tokens only (midpoint rule)."""
+    import torch
+
+    start, end = _target_slice(tokens, target_tokens)
+    ids = torch.tensor(tokens.input_ids[:end])
+    embeddings = model.get_input_embeddings()(ids).detach()
+    # Only the user's tokens move along the path; the template stays as served.
+    alphas = torch.ones(steps, len(ids), 1)
+    alphas[:, tokens.user] = ((torch.arange(steps) + 0.5) / steps)[:, None, None]
+    path = (alphas * embeddings).requires_grad_(True)
+    (grad,) = torch.autograd.grad(_embedding_nll(model, path, ids, start, end).sum(), path)
+    attribution = (grad.mean(0) * embeddings)[tokens.user].sum(-1)
+    return attribution.abs().numpy()
+
+
+# ---------------------------------------------------------------- deletion (occlusion)
+
+
+def word_spans(prompt: str) -> list[tuple[int, int]]:
+    """Return the character span of every whitespace-separated word of the prompt."""
+    return [m.span() for m in re.finditer(r"\S+", prompt)]
+
+
+def delete_spans(prompt: str, spans) -> str:
+    """Return the prompt with the character spans removed, and one space with each so no double space is left."""
+    out = prompt
+    for start, end in sorted(spans, reverse=True):
+        left, right = out[:start], out[end:]
+        if right[:1] == " " and (not left or left[-1].isspace()):
+            right = right[1:]
+        elif left[-1:] == " " and (not right or right[0].isspace() or right[0] in ".,;:!?"):
+            left = left[:-1]
+        out = left + right
+    return out
+
+
+def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target_tokens: int = 1,
+                 batch_size: int = 16) -> np.ndarray:
+    """Return the summed NLL of the case response's first ``target_tokens`` tokens (0: all) after each prompt.
+
+    Teacher-forced and batched. The tokens all prompts share (the template, the system prompt, the words
+    before the first edit) are run once and their key/value cache is reused, which halves the cost of
+    deletion scoring on a model with a default system prompt.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    response_ids = tokenizer(case.response, add_special_tokens=False)["input_ids"]
+    if target_tokens:
+        response_ids = response_ids[:target_tokens]
+    rows = [tokenizer(format_prompt(tokenizer, p, case.system), add_special_tokens=False)["input_ids"] + response_ids
+            for p in prompts]
+    # Every row keeps at least one prompt token after the shared part, so its first response token is scored.
+    shared = min(_common_prefix(rows), min(len(r) for r in rows) - len(response_ids) - 1)
+    n = len(response_ids)
+    out = np.empty(len(rows))
+    with torch.no_grad():
+        prefix = model(input_ids=torch.tensor([rows[0][:shared]]), use_cache=True).past_key_values if shared else None
+        for lo in range(0, len(rows), batch_size):
+            batch = [r[shared:] for r in rows[lo:lo + batch_size]]
+            width = max(len(r) for r in batch)
+            ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in batch])
+            mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in batch])
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(len(batch))
+            logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits
+            for j, r in enumerate(batch):
+                # Position t predicts token t + 1: the response is the last n tokens of the row.
+                scored = logits[j, len(r) - n - 1:len(r) - 1]
+                out[lo + j] = F.cross_entropy(scored, torch.tensor(r[-n:]), reduction="sum").item()
+    return out
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Return the length of the longest common prefix of token rows."""
+    first = rows[0]
+    length = min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < length and r[k] == first[k]:
+            k += 1
+        length = k
+    return length
+
+
+class DeletionScorer:
+    """Drops of the response log-likelihood (nats) when sets of words are deleted from the prompt, memoized.
+
+    ``drop(S) = NLL(response | prompt without the words S) - NLL(response | prompt)``: positive when the
+    words helped the model produce the response.
+    """
+
+    def __init__(self, model, tokenizer, case: FailureCase, target_tokens: int = 1, batch_size: int = 16):
+        self.model, self.tokenizer, self.case = model, tokenizer, case
+        self.target_tokens, self.batch_size = target_tokens, batch_size
+        self.words = word_spans(case.prompt)
+        self.forward_rows = 0  # prompts scored so far: the cost
+        self._nll: dict[frozenset, float] = {}
+        self.base = self._score([frozenset()])[0]
+
+    def drops(self, word_sets) -> np.ndarray:
+        """Return the drop for each set of word indices (one batched pass over the sets not seen before)."""
+        keys = [frozenset(s) for s in word_sets]
+        return np.array(self._score(keys)) - self.base
+
+    def _score(self, keys: list[frozenset]) -> list[float]:
+        missing = list(dict.fromkeys(k for k in keys if k not in self._nll))
+        if missing:
+            prompts = [delete_spans(self.case.prompt, [self.words[i] for i in k]) for k in missing]
+            nll = response_nll(self.model, self.tokenizer, prompts, self.case, self.target_tokens, self.batch_size)
+            self._nll.update(zip(missing, nll.tolist()))
+            self.forward_rows += len(missing)
+        return [self._nll[k] for k in keys]
+
+
+def word_of_token(tokens: PromptTokens, words: list[tuple[int, int]]) -> list[int | None]:
+    """Return, per user token, the index of the word its non-space characters fall in (None for pure whitespace)."""
+    owners = []
+    for (a, b), text in zip(tokens.spans, tokens.texts):
+        stripped = len(text) - len(text.lstrip())
+        a += stripped
+        owner = next((w for w, (s, e) in enumerate(words) if s <= a < e), None) if a < b else None
+        owners.append(owner)
+    return owners
+
+
+def word_deletion(model, tokenizer, case: FailureCase, tokens: PromptTokens, target_tokens: int = 1,
+                  batch_size: int = 16) -> np.ndarray:
+    """Return, per user token, the drop of the response log-likelihood when the token's whole word is deleted."""
+    scorer = DeletionScorer(model, tokenizer, case, target_tokens, batch_size)
+    word_drops = scorer.drops([{w} for w in range(len(scorer.words))])
+    return np.array([0.0 if w is None else word_drops[w] for w in word_of_token(tokens, scorer.words)])
+
+
+SALIENCY = {
+    "grad_norm": grad_norm,
+    "grad_x_input": grad_x_input,
+    "integrated_gradients": integrated_gradients,
+    "word_deletion": word_deletion,
+}
