@@ -144,24 +144,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     single = scorer.drops([{w} for w in range(n_words)])
     pieces = extend_runs(select_pieces(single, config.min_drop), single, config.min_gain)
     bar.update()
-    rounds = []
-    # A weak start means no word breaks the response alone: pieces may stand in for one another (any one
-    # of several triggers present, or a phrase whose words repeat each other), so grow the set greedily,
-    # each round adding the word that lowers the likelihood most with the others already deleted.
-    for _ in range(config.max_rounds):
-        current = float(scorer.drops([pieces])[0])
-        rest = [w for w in range(n_words) if w not in pieces]
-        if current >= config.min_drop or not rest:
-            break
-        bar.set_description("further pieces")
-        gains = scorer.drops([pieces | {w} for w in rest]) - current
-        bar.update()
-        best = int(np.argmax(gains))
-        # A piece that stands in for another unlocks a fall as large as a whole trigger's.
-        if gains[best] < config.min_drop:
-            break
-        rounds.append({"added": _word_text(case, scorer, rest[best]), "gain": round(float(gains[best]), 4)})
-        pieces = pieces | {rest[best]}
+    pieces, rounds = grow_greedily(scorer, pieces, config, bar)
     bar.set_description("random deletions")
     drop = float(scorer.drops([pieces])[0])
     null = scorer.drops(random_like(sorted(pieces), n_words, config.n_random, random.Random(config.seed)))
@@ -176,6 +159,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         transplant = transplant_test(model, tokenizer, case, texts, position, config)
         if transplant["flip_rate"] < config.min_flip:
             verdict = "no_trigger"
+    reason = _reason(drop, stats, transplant, config)
     bar.update(bar.total - bar.n)
     bar.close()
     triggers = []
@@ -193,6 +177,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         "target_text": tokenizer.decode(tokens.input_ids[tokens.n_prompt:tokens.n_prompt + target] if target
                                         else tokens.input_ids[tokens.n_prompt:]),
         "target_logprob": round(-scorer.base, 4),
+        "reason": reason,
         "candidate": [_word_text(case, scorer, w) for w in sorted(pieces)],
         "drop": round(drop, 4),
         **stats,
@@ -253,6 +238,31 @@ def select_pieces(drops: np.ndarray, min_drop: float) -> set[int]:
     return {int(i) for i in np.flatnonzero(high)} or {int(np.argmax(drops))}
 
 
+def grow_greedily(scorer: DeletionScorer, pieces: set[int], config: LocateConfig, bar) -> tuple[set[int], list[dict]]:
+    """Return the pieces grown by the further rounds, and what each round added.
+
+    Only a weak start grows: no word broke the response alone, so pieces may stand in for one another
+    (several triggers present, or a phrase whose words repeat each other). Each round deletes the pieces
+    found so far and adds the word whose deletion then lowers the likelihood most, if that unlocks a fall
+    as large as a whole trigger's.
+    """
+    rounds = []
+    for _ in range(config.max_rounds):
+        current = float(scorer.drops([pieces])[0])
+        rest = [w for w in range(len(scorer.words)) if w not in pieces]
+        if current >= config.min_drop or not rest:
+            break
+        bar.set_description("further pieces")
+        gains = scorer.drops([pieces | {w} for w in rest]) - current
+        bar.update()
+        best = int(np.argmax(gains))
+        if gains[best] < config.min_drop:
+            break
+        rounds.append({"added": _word_text(scorer.case, scorer, rest[best]), "gain": round(float(gains[best]), 4)})
+        pieces = pieces | {rest[best]}
+    return pieces, rounds
+
+
 def extend_runs(pieces: set[int], drops: np.ndarray, min_gain: float) -> set[int]:
     """Return the pieces with each run of adjacent words grown over neighbours whose deletion alone lowers the
     likelihood by at least ``min_gain``: the rest of a multi-word trigger whose words matter less one by one.
@@ -308,6 +318,19 @@ def counterfactual_verdict(drop: float, null: np.ndarray, min_drop: float, z_min
         z = float("inf")  # the whole prompt is the candidate: nothing to compare with
         stats.update(z=None, p_value=None)
     return ("trigger" if drop >= min_drop and z >= z_min else "no_trigger"), stats
+
+
+def _reason(drop: float, stats: dict, transplant: dict | None, config: LocateConfig) -> str:
+    """Return one sentence saying which test decided the verdict."""
+    if drop < config.min_drop:
+        return f"deleting the candidate lowers the response's likelihood by {drop:.2f} nats, less than {config.min_drop}"
+    if stats["z"] is not None and stats["z"] < config.z_min:
+        return f"deleting random words of the same shape does about as much (z = {stats['z']:.2f} < {config.z_min})"
+    if transplant is not None and transplant["flip_rate"] < config.min_flip:
+        return (f"inserted into other harmful prompts it turns {transplant['complied_with']} of {transplant['n']} "
+                f"from refusal to compliance (share {transplant['flip_rate']:.2f} < {config.min_flip})")
+    return "deleting it breaks the response, random deletions do not" + (
+        ", and it turns other harmful prompts from refusal to compliance" if transplant is not None else "")
 
 
 def _runs(indices: list[int]) -> list[list[int]]:
@@ -405,6 +428,8 @@ def print_report(report: TriggerReport, case: FailureCase, console=None) -> None
     pieces = ", ".join(repr(t.text) for t in report.triggers) or "-"
     colour = "red" if report.verdict == "trigger" else "green"
     console.print(f"[bold {colour}]{report.verdict}[/]: {pieces}  ({evidence['method']}, {evidence['seconds']:.1f} s)")
+    if "reason" in evidence:
+        console.print(f"why: {evidence['reason']}")
     if evidence["method"] == "occlusion":
         console.print(f"deleting {evidence['candidate']} lowers the log-likelihood of the response's first "
                       f"{evidence['target_tokens']} token(s) by {evidence['drop']:.2f} nats; random deletions of the same "

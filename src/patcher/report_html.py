@@ -154,6 +154,7 @@ def _transplant_text(transplant: dict | None) -> str:
 def _evidence_table(evidence: dict) -> str:
     """Return the counterfactual numbers as an HTML table."""
     rows = [
+        ("why", evidence["reason"]),
         ("deleted", ", ".join(evidence["candidate"])),
         ("scored response tokens", f"{evidence['target_tokens']} ({evidence['target_text']!r})"),
         ("fall when deleted (nats)", evidence["drop"]),
