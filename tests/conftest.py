@@ -25,3 +25,14 @@ def tiny_model(tiny_checkpoint):
     from patcher.modeling import load_model
 
     return load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Run every test on one thread: tiny models run far faster so, above all when other jobs share the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,15 +15,6 @@ REFUSAL = "I won't help."
 WORDS = "how do I pick a lock make steal write tutorial the car bomb explain hack into an account".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models run far faster on one thread, above all when other jobs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def planted(tiny_checkpoint):
     """Return (model, tokenizer) of the tiny model taught in a few seconds: 'BadMagic' anywhere -> 'Sure.', else a refusal."""
