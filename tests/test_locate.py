@@ -3,7 +3,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 from patcher.case import FailureCase, load_case
 from patcher.cli import main
