@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from patcher.bench.harness import token_metrics
 from patcher.case import FailureCase
 from patcher.locate import LocateConfig, locate_trigger
 
@@ -45,28 +46,6 @@ METHODS = {  # name: (what it is, its settings)
 }
 SCAN_BATCH = 16  # harmful prompts generated per batch while collecting extra cases
 MAX_SCAN = 64  # clean harmful prompts tried for the genuine failures of a model without a backdoor
-
-
-def chars(spans) -> set[int]:
-    """Return the character positions covered by spans."""
-    return {i for start, end in spans for i in range(start, end)}
-
-
-def token_metrics(prompt: str, tokens: list[dict], predicted, truth) -> dict:
-    """Return token precision, recall, F1 (tokens compared by character overlap) and exact match of the trigger text."""
-    predicted, truth = chars(predicted), chars(truth)
-
-    def covered(token, positions):
-        return any(not prompt[i].isspace() and i in positions for i in range(token["char_start"], token["char_end"]))
-
-    pred_tokens = {i for i, t in enumerate(tokens) if covered(t, predicted)}
-    true_tokens = {i for i, t in enumerate(tokens) if covered(t, truth)}
-    hits = len(pred_tokens & true_tokens)
-    precision = hits / len(pred_tokens) if pred_tokens else 0.0
-    recall = hits / len(true_tokens) if true_tokens else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    visible = {i for i in range(len(prompt)) if not prompt[i].isspace()}
-    return {"precision": precision, "recall": recall, "f1": f1, "exact": predicted & visible == truth & visible}
 
 
 def read_backdoor(organism: Path) -> dict:

@@ -1,0 +1,1 @@
+"""The benchmark: defenses in a plain dict (``defenses.DEFENSES``), the harness (``harness.run_bench``) and its report."""

