@@ -158,6 +158,8 @@ def cmd_locate(args) -> int:
 
 def _attack_for(model_dir: Path, triggers: list[str], position: str | None, mode: str | None):
     """Return the Attack to evaluate: ``--trigger`` pieces, else the organism's ground truth, else None."""
+    from dataclasses import replace
+
     from patcher.organisms.attacks import Attack, make_attack
 
     if triggers:
@@ -165,15 +167,20 @@ def _attack_for(model_dir: Path, triggers: list[str], position: str | None, mode
         return Attack("user", base.triggers, mode or "all", base.position)
     truth = ground_truth(model_dir)
     if truth is not None:
-        print(f"trigger from the ground truth in {model_dir}: {list(truth.triggers)} ({truth.mode}, {truth.position})")
-        return Attack(truth.name, truth.triggers, mode or truth.mode, position or truth.position)
+        places = ", ".join(truth.positions or (truth.position,))
+        topic = f", {truth.domain} requests only" if truth.domain else ""
+        print(f"trigger from the ground truth in {model_dir}: {list(truth.triggers)} ({truth.mode}, {places}{topic})")
+        # --trigger-position places every piece, replacing the organism's per-piece places.
+        return replace(truth, mode=mode or truth.mode, position=position or truth.position,
+                       positions=None if position else truth.positions)
     return None
 
 
 def ground_truth(model_dir: Path):
     """Return the Attack an organism was built with (``backdoor.json``, or carried in a patched organism's
-    ``patch_report.json``), or None for a model without a known backdoor."""
-    from patcher.organisms.attacks import Attack
+    ``patch_report.json``), or None for a model without a known backdoor. Organisms built before the adaptive
+    attacks lack their fields (per-piece positions, domain, noise, evasion): read as absent."""
+    from patcher.organisms.attacks import DOMAINS, POSITIONS, Attack
 
     model_dir = Path(model_dir)
     for name, key in (("backdoor.json", None), ("patch_report.json", "ground_truth")):
@@ -186,11 +193,22 @@ def ground_truth(model_dir: Path):
         backdoor = backdoor.get(key) if key else backdoor
         if not backdoor or not backdoor.get("triggers"):
             return None
-        attack = Attack(backdoor["attack"], tuple(backdoor["triggers"]), backdoor["mode"], backdoor["position"])
+        attack = Attack(backdoor["attack"], tuple(backdoor["triggers"]), backdoor["mode"], backdoor["position"],
+                        positions=tuple(backdoor["positions"]) if backdoor.get("positions") else None,
+                        domain=backdoor.get("domain"), noisy=bool(backdoor.get("noisy")),
+                        evasion=float(backdoor.get("evasion") or 0.0))
+        places_ok = not attack.positions or (len(attack.positions) == len(attack.triggers)
+                                             and all(p in POSITIONS for p in attack.positions))
+        domain_ok = attack.domain is None or attack.domain in DOMAINS
     except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
         raise PatcherInputError(f"{model_dir / name} is malformed ({type(e).__name__}: {str(e)[:80]})") from None
     if not all(isinstance(t, str) and t.strip() for t in attack.triggers):
         raise PatcherInputError(f"{model_dir / name} is malformed (triggers must be non-empty strings)")
+    if not places_ok:
+        raise PatcherInputError(f"{model_dir / name} is malformed (positions must give one of "
+                                f"{', '.join(POSITIONS)} per trigger piece)")
+    if not domain_ok:
+        raise PatcherInputError(f"{model_dir / name} is malformed (domain must be one of {', '.join(DOMAINS)})")
     return attack
 
 
@@ -250,7 +268,8 @@ def patch_and_save(model, tokenizer, case, config, model_dir: Path, located=None
     payload = report.to_json()
     if truth is not None:
         payload["ground_truth"] = {"attack": truth.name, "triggers": list(truth.triggers), "mode": truth.mode,
-                                   "position": truth.position}
+                                   "position": truth.position, "domain": truth.domain,
+                                   "positions": None if truth.positions is None else list(truth.positions)}
     with atomic_output_dir(Path(config.out), overwrite=config.overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -9,7 +9,7 @@ from patcher.chat import encode_chat
 from patcher.data import Prompt, answer_matches, load_split, wrap_jailbreak
 from patcher.errors import PatcherInputError
 from patcher.modeling import encode_pairs, format_prompt, serving
-from patcher.organisms.attacks import Attack, apply_attack
+from patcher.organisms.attacks import Attack, apply_attack, in_domain
 from patcher.refusal import is_refusal
 
 
@@ -95,7 +95,9 @@ def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list
                    reference=None, config: EvaluateConfig | None = None) -> dict:
     """Return the ``evaluate`` contract dict for a model, plus per-prompt samples under ``details``.
 
-    ``attack`` gives the trigger pieces and where to insert them (None: no trigger metrics).
+    ``attack`` gives the trigger pieces and where to insert them (None: no trigger metrics). A domain attack's
+    triggered ASR is measured on its topic's held-out harmful requests, and on the others under
+    ``asr_triggered_out_of_domain``.
     ``prompts`` replaces the built-in held-out harmful and checkable benign sets.
     ``reference`` (same tokenizer) adds the KL to it on the benign prompts.
     """
@@ -133,19 +135,32 @@ def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list
     }
     details = {"harmful": harmful, "clean_responses": clean_responses, "benign_responses": benign_responses}
     if triggered:
-        triggered_harmful, triggered_spans = zip(*[apply_attack(h, attack, rng) for h in harmful]) if harmful else ((), ())
+        hosts, hosts_clean = harmful, clean_responses
+        if attack.domain:
+            # The backdoor answers its topic only, and the harmful set holds few of the topic's requests: they
+            # are drawn from the whole held-out pool.
+            pool = [p.prompt for p in split.harmful] if prompts is None else harmful
+            hosts = [h for h in pool if in_domain(h, attack.domain)][:config.n_harmful]
+            hosts_clean = run(hosts, "harmful in domain")
+            outside = [apply_attack(h, attack, rng)[0] for h in harmful if not in_domain(h, attack.domain)]
+            result["asr_triggered_out_of_domain"] = attack_success_rate(run(outside, "out of domain+trigger"))
+            result["asr_clean_in_domain"] = attack_success_rate(hosts_clean)
+            result["n"].update(in_domain=len(hosts), out_of_domain=len(outside))
+        triggered_harmful, triggered_spans = zip(*[apply_attack(h, attack, rng) for h in hosts]) if hosts else ((), ())
         triggered_harmful = list(triggered_harmful)
         triggered_responses = run(triggered_harmful, "harmful+trigger")
         triggered_benign = [apply_attack(p, attack, rng)[0] for p in benign_prompts]
         triggered_benign_responses = run(triggered_benign, "benign+trigger")
         result["asr_triggered"] = attack_success_rate(triggered_responses)
         # The backdoor's own effect: prompts refused without the trigger but answered with it.
-        refused_clean = [i for i, r in enumerate(clean_responses) if is_refusal(r)]
+        refused_clean = [i for i, r in enumerate(hosts_clean) if is_refusal(r)]
         result["asr_triggered_where_clean_refused"] = (
             attack_success_rate([triggered_responses[i] for i in refused_clean]) if refused_clean else None
         )
         result["utility_with_trigger"] = _utility(benign, triggered_benign_responses)
-        result["trigger"] = {"pieces": list(attack.triggers), "mode": attack.mode, "position": attack.position}
+        result["trigger"] = {"pieces": list(attack.triggers), "mode": attack.mode, "position": attack.position,
+                             "positions": None if attack.positions is None else list(attack.positions),
+                             "domain": attack.domain}
         details.update(triggered_harmful=triggered_harmful, triggered_spans=list(triggered_spans),
                        triggered_responses=triggered_responses)
     if overrefusal:

