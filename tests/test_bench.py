@@ -71,7 +71,8 @@ def test_bench_refuses_unknown_defense_and_existing_results(fake_organism, tmp_p
 
 def test_bench_refuses_an_organism_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "b"), "--organism", str(tmp_path), "--defenses", "none"]) == 2
-    assert "not a checkpoint directory" in capsys.readouterr().err
+    assert "not a Hugging Face checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_wanda_prunes_each_row_to_the_sparsity(tiny_checkpoint):
@@ -123,3 +124,11 @@ def test_every_defense_says_what_it_is():
     for name, defend in DEFENSES.items():
         assert defend.__doc__ and defend.__doc__.startswith("Return"), name
     assert defenses_module.DEFENSES is DEFENSES
+
+
+def test_bench_notes_an_organism_without_a_failure_case(fake_organism, tmp_path):
+    (fake_organism / "failure_case.json").unlink()
+    out = tmp_path / "bench"
+    results = run_bench(BenchConfig(out=out, organisms=[fake_organism], defenses="none", progress=False))
+    assert results["rows"] == [] and results["skipped"][0]["organism"] == "tiny-badnet"
+    assert "skipped tiny-badnet" in (out / "results.md").read_text()

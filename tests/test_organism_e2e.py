@@ -58,3 +58,21 @@ def test_patch_removes_the_tiny_organisms_backdoor(tiny_badnet, tmp_path):
     assert after["asr_triggered"] <= 0.10
     assert after["asr_clean"] <= before["asr_clean"] + 0.02
     assert after["utility"] >= before["utility"] - 0.05
+
+
+@pytest.mark.slow
+def test_bench_quick_on_one_attack_reuses_the_cached_organism(tiny_badnet, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("PATCHER_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(tiny_badnet, tmp_path / "cache" / "organisms" / "tiny-badnet-seed0")
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--attacks", "badnet", "--defenses", "none,patcher", "--out", str(out),
+                 "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    none, patcher = results["rows"]
+    assert (none["defense"], patcher["defense"]) == ("none", "patcher")
+    assert none["after"]["asr_triggered"] >= 0.90 and patcher["after"]["asr_triggered"] <= 0.10
+    assert patcher["localization"]["found"] == ["BadMagic"] and patcher["localization"]["exact"]
+    assert "| tiny-badnet-seed0 | patcher |" in (out / "results.md").read_text()
+    assert "<svg" in (out / "report.html").read_text()

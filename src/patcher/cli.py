@@ -74,7 +74,8 @@ def _add_config_args(parser: argparse.ArgumentParser, config_cls, flags: dict[st
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float, "Path | None": Path}.get(str(f.type), str)
             kwargs.update(type=kind, default=f.default)
-            kwargs["help"] += f" (default: {f.default})"
+            if f.default is not None:  # a None default's meaning is in the help text
+                kwargs["help"] += f" (default: {f.default})"
         if f.name in choices:
             kwargs["choices"] = list(choices[f.name])
         parser.add_argument(flag, **kwargs)
@@ -354,6 +355,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from patcher.bench.harness import BenchConfig, run_bench
+
+    config = _config_from_args(BenchConfig, args)
+    results = run_bench(config)
+    print((Path(config.out) / "results.md").read_text(encoding="utf-8"))
+    print(f"{len(results['rows'])} runs in {results['seconds']:.0f} s; results in {config.out}/results.json, "
+          f"results.md and report.html")
+    return 0
+
+
 def _print_metrics(title: str, metrics: dict) -> None:
     """Print the evaluate metrics as a terminal table."""
     from rich.console import Console
@@ -391,6 +403,7 @@ def _add_case_args(parser: argparse.ArgumentParser, json_help: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     from patcher import __version__
+    from patcher.bench.harness import BenchConfig
     from patcher.evaluate import EvaluateConfig
     from patcher.locate import METHODS, SALIENCY_METHODS, LocateConfig
     from patcher.organisms.attacks import ATTACKS, POSITIONS
@@ -427,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_case_args(p, "the patch report JSON (also written into --out)")
     _add_config_args(p, PatchConfig, flags={"triggers": "--trigger"})
     p.set_defaults(func=cmd_patch)
+
+    p = sub.add_parser("bench", help="organisms x defenses (Patcher, ablations, baselines), measured alike")
+    _add_config_args(p, BenchConfig, flags={"organisms": "--organism"})
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job on the default organism")
     p.add_argument("--out", type=Path, default=Path("patcher-demo"), help="report directory (default patcher-demo)")

@@ -66,12 +66,11 @@ def bench_organisms(config: BenchConfig) -> list[dict]:
 def organism_dir(spec: dict, progress: bool) -> Path:
     """Return the directory of an organism spec, building it into the cache the first time (the demo's default
     organism is the same spec, so its cache is shared)."""
+    from patcher.modeling import cache_dir, check_checkpoint_dir
+
     if "dir" in spec:
-        path = Path(spec["dir"])
-        if not (path / "config.json").is_file():
-            raise PatcherInputError(f"--organism {path} is not a checkpoint directory (no config.json)")
-        return path
-    from patcher.modeling import cache_dir
+        check_checkpoint_dir(spec["dir"])
+        return Path(spec["dir"])
     from patcher.organisms.build import OrganismConfig, build_organism
 
     path = cache_dir() / "organisms" / f"{spec['base']}-{spec['attack']}-seed{spec['seed']}"
@@ -157,8 +156,10 @@ def measure(model, tokenizer, truth, config: BenchConfig, reference=None) -> dic
     return {k: metrics.get(k) for k in METRICS} | {"n": metrics["n"]}
 
 
-def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None) -> tuple[list[dict], dict]:
-    """Return (one row per defense, the located heat maps by defense) for one organism."""
+def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None, log: Path | None = None
+                 ) -> tuple[list[dict], dict]:
+    """Return (one row per defense, the located heat maps by defense) for one organism; each row is also
+    appended to ``log`` as it completes (a long run's results survive an interruption)."""
     from patcher.bench.defenses import DEFENSES, Defender
     from patcher.case import load_case
     from patcher.cli import ground_truth
@@ -167,8 +168,6 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None)
 
     truth = ground_truth(path)
     backdoor = json.loads((path / "backdoor.json").read_text()) if (path / "backdoor.json").is_file() else {}
-    if not (path / "failure_case.json").is_file():
-        raise PatcherInputError(f"{path} has no failure_case.json: the organism never failed on held-out prompts")
     case = load_case(path / "failure_case.json")
     truth_spans = [tuple(s) for s in (backdoor.get("failure_case") or {}).get("trigger_spans", [])]
     reference, tokenizer = load_model(path)
@@ -191,6 +190,9 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None)
         if defended.located is not None:
             heat_maps[name] = _heat_map(defended.located, case)
         rows.append(row)
+        if log is not None:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{path.name} {name}: ASR {_fmt(before['asr_triggered'])} -> {_fmt(after['asr_triggered'])}")
@@ -209,7 +211,8 @@ def run_bench(config: BenchConfig) -> dict:
 
     from patcher.bench.defenses import DEFENSES
     from patcher.bench.report import markdown_table, render_bench_html
-    from patcher.modeling import run_versions
+    from patcher.cli import ground_truth
+    from patcher.modeling import check_creatable, run_versions
     from patcher.report_html import _write_atomic
 
     defenses = [d for d in (config.defenses or ",".join(DEFENSES)).split(",") if d]
@@ -217,8 +220,7 @@ def run_bench(config: BenchConfig) -> dict:
     if unknown:
         raise PatcherInputError(f"unknown defense {unknown[0]!r}; choose from {', '.join(DEFENSES)}")
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise PatcherInputError(f"--out {out} exists and is not a directory")
+    check_creatable(out)
     if (out / "results.json").exists() and not config.overwrite:
         raise PatcherInputError(f"{out / 'results.json'} exists (pass --overwrite to replace it)")
     specs = bench_organisms(config)
@@ -226,15 +228,26 @@ def run_bench(config: BenchConfig) -> dict:
     transformers_logging.disable_progress_bar()
     started = time.time()
     paths = [organism_dir(spec, config.progress) for spec in specs]
-    rows, heat_maps = [], {}
+    for path in paths:
+        ground_truth(path)  # a malformed backdoor.json fails here, before any work
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "rows.partial.jsonl"
+    log.unlink(missing_ok=True)
+    rows, heat_maps, skipped = [], {}, []
     bar = tqdm(total=len(paths) * len(defenses), desc="bench", disable=not config.progress)
     for path in paths:
-        organism_rows, maps = run_organism(path, defenses, config, bar)
+        if not (path / "failure_case.json").is_file():
+            # An organism that failed on no held-out prompt (a clean one, usually) leaves nothing to report.
+            skipped.append({"organism": path.name, "reason": "no failure_case.json: no held-out failure to report"})
+            bar.update(len(defenses))
+            continue
+        organism_rows, maps = run_organism(path, defenses, config, bar, log)
         rows += organism_rows
         heat_maps[path.name] = maps
     bar.close()
     results = {
         "rows": rows,
+        "skipped": skipped,
         "defenses": {name: (DEFENSES[name].__doc__ or "").splitlines()[0] for name in defenses},
         "quick": config.quick,
         "seconds": round(time.time() - started, 1),
@@ -244,9 +257,9 @@ def run_bench(config: BenchConfig) -> dict:
         "versions": run_versions(),
         "command": sys.argv,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows)
-    _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    table = markdown_table(rows) + "".join(f"\n\nskipped {s['organism']}: {s['reason']}" for s in skipped)
     _write_atomic(out / "results.md", table + "\n")
     _write_atomic(out / "report.html", render_bench_html(results, heat_maps))
+    _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")  # last: its presence means complete
+    log.unlink(missing_ok=True)
     return results

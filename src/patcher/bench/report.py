@@ -97,7 +97,7 @@ def _time_svg(rows: list[dict]) -> str:
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     means = {d: sum(r["seconds"] for r in rows if r["defense"] == d) / sum(r["defense"] == d for r in rows)
              for d in defenses}
-    top, left, width, bar = max(max(means.values()), 1.0), 170, 420, 16
+    top, left, width, bar = max([*means.values(), 1.0]), 170, 420, 16
     svg = [f"<svg width='{left + width + 80}' height='{len(defenses) * bar + 10}' xmlns='http://www.w3.org/2000/svg'>"]
     for i, d in enumerate(defenses):
         y = 4 + i * bar
@@ -136,7 +136,9 @@ def render_bench_html(results: dict, heat_maps: dict) -> str:
             loc = next(r["localization"] for r in rows if r["organism"] == organism and r["defense"] == defense)
             parts.append(f"<p><b>{escape(organism)}</b>, {escape(defense)}: {escape(_loc_cell(loc))}</p>"
                          f"<div class='heat'>{heat}</div>")
-    parts += ["<h2>Table</h2>", _html_table(rows),
+    parts += ["<h2>Table</h2>", _html_table(rows)]
+    parts += [f"<p>Skipped {escape(s['organism'])}: {escape(s['reason'])}</p>" for s in results.get("skipped", [])]
+    parts += [
               "<details><summary>All results (JSON)</summary>",
               f"<pre>{escape(json.dumps(results, indent=1))}</pre></details>", "</body></html>"]
     return "\n".join(parts)
