@@ -109,8 +109,9 @@ def clean_finetune(model, tokenizer, defender: Defender) -> Defended:
     rng = random.Random(defender.seed)
     examples = [(h, rng.choice(REFUSALS)) for h in harmful] + list(zip(benign, answers))
     model, _ = trainable(model, config)
-    # Patcher's step takes batch_size rows from each of its three sets: the same number of rows here.
-    losses = train_supervised(model, tokenizer, examples, config.steps, config.lr, 3 * config.batch_size,
+    # Patcher's step takes batch_size rows from each of its three sets: as many rows here, in three times as
+    # many steps of batch_size (a batch of full-length logits three times as large needs far more memory).
+    losses = train_supervised(model, tokenizer, examples, 3 * config.steps, config.lr, config.batch_size,
                               defender.seed, progress=defender.progress, desc="clean fine-tuning")
     if not config.full:
         model = model.merge_and_unload()
@@ -167,15 +168,16 @@ def no_defense(model, tokenizer, defender: Defender) -> Defended:
     return Defended(model)
 
 
+# In the order a run takes them: Patcher and the baselines it must beat first, ablations and bounds after.
 DEFENSES = {
     "none": no_defense,
-    "clean-ft": clean_finetune,
-    "wanda-0.2": wanda_pruning(0.2),
-    "wanda-0.5": wanda_pruning(0.5),
-    "unlearn-oneshot": unlearn_oneshot,
-    "patcher-k2": patcher_k2,
     "patcher": patcher_ours,
-    "patcher-truth": patcher_truth,
-    "patcher-no-kl": patcher_no_kl,
+    "patcher-k2": patcher_k2,
+    "unlearn-oneshot": unlearn_oneshot,
+    "wanda-0.5": wanda_pruning(0.5),
+    "clean-ft": clean_finetune,
     "patcher-no-transplant": patcher_no_transplant,
+    "patcher-no-kl": patcher_no_kl,
+    "patcher-truth": patcher_truth,
+    "wanda-0.2": wanda_pruning(0.2),
 }
