@@ -132,3 +132,10 @@ def test_bench_notes_an_organism_without_a_failure_case(fake_organism, tmp_path)
     results = run_bench(BenchConfig(out=out, organisms=[fake_organism], defenses="none", progress=False))
     assert results["rows"] == [] and results["skipped"][0]["organism"] == "tiny-badnet"
     assert "skipped tiny-badnet" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("flag", ["--seeds", "--eval-harmful", "--eval-benign"])
+def test_bench_refuses_counts_below_one(fake_organism, tmp_path, capsys, flag):
+    out = tmp_path / "bench"
+    assert main(["bench", "--out", str(out), "--organism", str(fake_organism), flag, "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err and not out.exists()

@@ -173,3 +173,13 @@ def test_patch_is_repeatable_bit_for_bit_on_cpu(tiny_checkpoint, tmp_path):
     assert first_report.losses[0]["total"] != first_report.losses[-1]["total"]  # and it did train
     assert first_report.selection == second_report.selection
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("flag", ["--edgy-share", "--benign-trigger-share"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.1", "1.5"])
+def test_share_outside_zero_one_exits_2(tiny_checkpoint, tmp_path, capsys, flag, value):
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps({"prompt": CASE.prompt, "response": CASE.response}))
+    assert main(["patch", "--model", str(tiny_checkpoint), "--case", str(case), "--out", str(tmp_path / "o"),
+                 flag, value]) == 2
+    assert "must be between 0 and 1" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -237,6 +237,10 @@ def validation_prompts(config: PatchConfig) -> tuple[list[str], list[str], list[
     """
     from patcher.data import load_split, read_prompt_file
 
+    for name in ("benign_trigger_share", "edgy_share"):
+        share = getattr(config, name)
+        if not 0 <= share <= 1:  # NaN fails this too
+            raise PatcherInputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {share}")
     edgy: list[str] = []
     if config.validation:
         pool = read_prompt_file(config.validation)

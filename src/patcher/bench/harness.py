@@ -220,6 +220,9 @@ def run_bench(config: BenchConfig) -> dict:
     unknown = [d for d in defenses if d not in DEFENSES]
     if unknown:
         raise PatcherInputError(f"unknown defense {unknown[0]!r}; choose from {', '.join(DEFENSES)}")
+    for name in ("seeds", "eval_harmful", "eval_benign"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise PatcherInputError(f"--{name.replace('_', '-')} must be at least 1")
     out = Path(config.out)
     check_creatable(out)
     if (out / "results.json").exists() and not config.overwrite:
