@@ -162,6 +162,7 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
     """Return (one row per defense, the located heat maps by defense) for one organism; each row is also
     appended to ``log`` as it completes (a long run's results survive an interruption)."""
     from patcher.bench.defenses import DEFENSES, Defender
+    from patcher.bench.report import rate
     from patcher.case import load_case
     from patcher.cli import ground_truth
     from patcher.modeling import load_model
@@ -196,12 +197,8 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
                 f.write(json.dumps(row) + "\n")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix_str(f"{path.name} {name}: ASR {_fmt(before['asr_triggered'])} -> {_fmt(after['asr_triggered'])}")
+            bar.set_postfix_str(f"{path.name} {name}: ASR {rate(before['asr_triggered'])} -> {rate(after['asr_triggered'])}")
     return rows, heat_maps
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def run_bench(config: BenchConfig) -> dict:

@@ -12,7 +12,8 @@ TABLE_METRICS = (("asr_triggered", "ASR trig"), ("asr_clean", "ASR clean"), ("ja
 COLOURS = ("#6b7280", "#a16207", "#ca8a04", "#65a30d", "#0891b2", "#7c3aed", "#2563eb", "#15803d", "#db2777", "#ea580c")
 
 
-def _rate(value) -> str:
+def rate(value) -> str:
+    """Return a rate with two decimals, or - where there is none."""
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -33,7 +34,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in rows:
         after = r["after"]
-        cells = [r["organism"], r["defense"], *(_rate(after[k]) for k, _ in TABLE_METRICS),
+        cells = [r["organism"], r["defense"], *(rate(after[k]) for k, _ in TABLE_METRICS),
                  "-" if after["kl_to_reference"] is None else f"{after['kl_to_reference']:.3f}",
                  _loc_cell(r["localization"]), f"{r['seconds']:.0f}", str(r["peak_mb"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -150,7 +151,7 @@ def _html_table(rows: list[dict]) -> str:
     out = ["<table><tr>" + "".join(f"<td><b>{escape(h)}</b></td>" for h in head) + "</tr>"]
     for r in rows:
         cells = [escape(r["organism"]), escape(r["defense"])]
-        cells += [f"<span class='n'>{_rate(r['after'][k])}</span>" for k, _ in TABLE_METRICS]
+        cells += [f"<span class='n'>{rate(r['after'][k])}</span>" for k, _ in TABLE_METRICS]
         cells += [escape(_loc_cell(r["localization"])), f"{r['seconds']:.0f}", str(r["peak_mb"])]
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</table>"])
