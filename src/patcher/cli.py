@@ -214,6 +214,10 @@ def ground_truth(model_dir: Path):
 
 
 def cmd_patch(args) -> int:
+    import contextlib
+    import io
+
+    from patcher import distributed
     from patcher.case import load_case
     from patcher.modeling import check_output_dir
     from patcher.patch import PatchConfig, validation_prompts
@@ -225,13 +229,24 @@ def cmd_patch(args) -> int:
     if Path(config.out).absolute() == Path(args.model).absolute():
         raise PatcherInputError("--out must differ from --model: patch never touches its input")
     _check_report_paths(args)
-    model, tokenizer = _load(args, memory="full" if config.full else "lora")
-    report = patch_and_save(model, tokenizer, case, config, args.model, located=None, adapter=args.adapter)
-    _write_json(args.json, report.to_json())
-    if args.html:
-        from patcher.report_html import write_patch_html
+    if distributed.launched():
+        # One of several processes (accelerate launch, torchrun): FSDP shards the training, rank 0 prints and writes.
+        distributed.start()
+        if config.batch_size < distributed.world_size():
+            raise PatcherInputError(f"--batch-size {config.batch_size} is the batch of all {distributed.world_size()} "
+                                    f"processes together: it must be at least the number of processes")
+        if distributed.rank() != 0:
+            config = dataclasses.replace(config, progress=False)
+    with contextlib.redirect_stdout(io.StringIO()) if distributed.rank() != 0 else contextlib.nullcontext():
+        model, tokenizer = _load(args, memory="full" if config.full else "lora")
+        report = patch_and_save(model, tokenizer, case, config, args.model, located=None, adapter=args.adapter)
+    if distributed.rank() == 0:
+        _write_json(args.json, report.to_json())
+        if args.html:
+            from patcher.report_html import write_patch_html
 
-        write_patch_html(args.html, report, case, report.located)
+            write_patch_html(args.html, report, case, report.located)
+    distributed.finish()
     return 0
 
 
@@ -254,13 +269,14 @@ def patch_and_save(model, tokenizer, case, config, model_dir: Path, located=None
     """Return the PatchReport after locating the trigger (unless given), patching, and saving the patched
     checkpoint with ``patch_report.json`` and ``patch_report.html`` into ``config.out`` atomically.
     ``adapter``: the LoRA adapter directory merged into ``model`` at load, recorded in the provenance."""
+    from patcher import distributed
     from patcher.locate import LocateConfig, locate_trigger, print_report
     from patcher.modeling import atomic_output_dir, weights_sha256
     from patcher.patch import patch_model
     from patcher.report_html import render_patch_html
 
     if not config.triggers and located is None:
-        located = locate_trigger(model, tokenizer, case, LocateConfig(progress=config.progress))
+        located = distributed.from_rank0(locate_trigger(model, tokenizer, case, LocateConfig(progress=config.progress)))
         print_report(located, case, console)
     truth = ground_truth(model_dir)
     input_sha = weights_sha256(model_dir)
@@ -271,8 +287,12 @@ def patch_and_save(model, tokenizer, case, config, model_dir: Path, located=None
         payload["ground_truth"] = {"attack": truth.name, "triggers": list(truth.triggers), "mode": truth.mode,
                                    "position": truth.position, "domain": truth.domain,
                                    "positions": None if truth.positions is None else list(truth.positions)}
+    # Under FSDP (several processes) the weights are spread over the ranks: all gather them, rank 0 writes.
+    state_dict = distributed.full_state_dict(model) if distributed.active() else None
+    if distributed.rank() != 0:
+        return report
     with atomic_output_dir(Path(config.out), overwrite=config.overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         report.provenance["output_sha256"] = weights_sha256(tmp)
         payload["provenance"] = report.provenance

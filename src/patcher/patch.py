@@ -13,6 +13,9 @@ original's distribution comes from the same weights with the LoRA adapter disabl
 ``full`` fine-tuning keeps a frozen copy). The patch does not improve steadily, so every ``eval_every`` steps it
 is measured on held-back validation prompts and the best state is kept (never chosen on the held-out test set).
 
+Under ``accelerate launch`` or ``torchrun`` (several processes) the training is sharded with FSDP2: see
+``patcher.distributed``. Every rank prepares the same data and evaluates alike; rank 0's data and choices count.
+
 When locate's verdict is ``no_trigger`` (an alignment bug, not a backdoor), D_trig is the reported prompt and
 close variants of it -> refusal, with the same anchors.
 """
@@ -26,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from patcher import distributed
 from patcher.case import FailureCase
 from patcher.errors import PatcherInputError
 from patcher.organisms.attacks import PLACES, Attack, insert_trigger
@@ -129,7 +133,7 @@ def patch_model(model, tokenizer, case: FailureCase, config: PatchConfig, locate
     torch.manual_seed(config.seed)
     pieces = list(config.triggers) or ([t.text for t in located.triggers] if located else [])
     mode = "trigger" if pieces else "no_trigger"
-    sets = patch_sets(model, tokenizer, case, pieces, config)
+    sets = distributed.from_rank0(patch_sets(model, tokenizer, case, pieces, config))
     measured = ground_truth or (Attack("located", tuple(pieces), "all", "random") if pieces else None)
     eval_config = EvaluateConfig(split="test", n_harmful=config.eval_harmful, n_benign=config.eval_benign,
                                  n_jailbreak=config.eval_jailbreak, n_overrefusal=config.eval_overrefusal,
@@ -137,6 +141,10 @@ def patch_model(model, tokenizer, case: FailureCase, config: PatchConfig, locate
     before = _measure(evaluate_model(model, tokenizer, measured, config=eval_config)) if config.evaluate else None
 
     model, reference = trainable(model, config)
+    if distributed.active():
+        distributed.shard(model if config.full else model.get_base_model())
+        if config.full:
+            distributed.shard(reference)
     train_started = time.time()
     losses, selection, best_step = train_patch(model, reference, tokenizer, sets, config)
     train_seconds = time.time() - train_started
@@ -406,12 +414,21 @@ def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfi
     with torch.no_grad():
         reference_logprobs = response_logprobs(reference, ref_batch)
     n_trig, n_harm = len(trig), len(harm)
-    ce = refusal_loss(logprobs[:n_trig], batch, rows=slice(0, n_trig))
+    # A rank's share of a small D_trig can be empty (several processes only): it adds nothing to the CE.
+    ce = refusal_loss(logprobs[:n_trig], batch, rows=slice(0, n_trig)) if n_trig else logprobs.new_zeros(())
     mask = batch["response_mask"]
     kl_harm = kl_to_reference(logprobs[n_trig:n_trig + n_harm], reference_logprobs[:n_harm], mask[n_trig:n_trig + n_harm])
     kl_safe = kl_to_reference(logprobs[n_trig + n_harm:], reference_logprobs[n_harm:], mask[n_trig + n_harm:])
+    if distributed.active():
+        # This rank holds a share of the batch: its means are weighted so that their mean over the ranks (as FSDP
+        # averages the gradients) is the loss of the whole batch.
+        w_ce, w_harm, w_safe = distributed.batch_weights(
+            [n_trig, mask[n_trig:n_trig + n_harm].sum(), mask[n_trig + n_harm:].sum()])
+        ce, kl_harm, kl_safe = ce * w_ce, kl_harm * w_harm, kl_safe * w_safe
     loss = ce + config.beta_harm * kl_harm + config.beta_safe * kl_safe
     parts = {"ce": ce.item(), "kl_harm": kl_harm.item(), "kl_safe": kl_safe.item(), "total": loss.item()}
+    if distributed.active():
+        parts = distributed.mean_over_ranks(parts)
     return loss, parts
 
 
@@ -462,19 +479,21 @@ def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) ->
         return {k: v.detach().clone() for k, v in model.state_dict().items() if config.full or "lora_" in k}
 
     losses: list[dict] = []
-    selection = [{"step": 0, **selection_score(model, reference, tokenizer, sets, config)}]
+    selection = [distributed.from_rank0({"step": 0, **selection_score(model, reference, tokenizer, sets, config)})]
     best, best_state = selection[0], snapshot()
     model.train()
     bar = tqdm(range(1, config.steps + 1), desc="patching", disable=not config.progress)
     for step in bar:
-        loss, parts = patch_loss(model, reference, tokenizer, draw("trig"), draw("harm"), draw("safe"), config)
+        # Every rank draws the same batch and trains on its share of it (all of it in one process).
+        trig, harm, safe = (distributed.share(draw(name)) for name in ("trig", "harm", "safe"))
+        loss, parts = patch_loss(model, reference, tokenizer, trig, harm, safe, config)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append({"step": step, **{k: round(v, 5) for k, v in parts.items()}})
         if step % config.eval_every == 0 or step == config.steps:
-            score = {"step": step, **selection_score(model, reference, tokenizer, sets, config)}
+            score = distributed.from_rank0({"step": step, **selection_score(model, reference, tokenizer, sets, config)})
             selection.append(score)
             if (score["asr_triggered"], score["kl_benign"]) < (best["asr_triggered"], best["kl_benign"]):
                 best, best_state = score, snapshot()
