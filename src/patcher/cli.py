@@ -31,14 +31,14 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA when available), cpu or cuda")
 
 
-def _load(args, path: Path | None = None, memory: str = "inference"):
+def _load(args, path: Path | None = None, work=None):
     """Return (model, tokenizer) of ``path`` (default: --model, with --adapter) as the model options say;
-    ``memory``: a MEMORY_FACTOR key, the work the model is loaded for."""
-    from patcher.modeling import MEMORY_FACTOR, load_model
+    ``work``: the memory check's Work the model is loaded for (default: inference over --batch-size rows)."""
+    from patcher.modeling import Work, load_model
 
     return load_model(path or args.model, allow_pickle=args.allow_pickle, adapter=None if path else args.adapter,
                       template=args.template_file or args.template, dtype=args.dtype, device=args.device,
-                      memory_factor=MEMORY_FACTOR[memory])
+                      work=work or Work(rows=args.batch_size))
 
 
 def one_line(text: str) -> str:
@@ -220,7 +220,7 @@ def cmd_patch(args) -> int:
     from patcher import distributed
     from patcher.case import load_case
     from patcher.modeling import check_output_dir
-    from patcher.patch import PatchConfig, validation_prompts
+    from patcher.patch import PatchConfig, step_work, validation_prompts
 
     config = _config_from_args(PatchConfig, args)
     case = load_case(args.case)
@@ -238,7 +238,7 @@ def cmd_patch(args) -> int:
         if distributed.rank() != 0:
             config = dataclasses.replace(config, progress=False)
     with contextlib.redirect_stdout(io.StringIO()) if distributed.rank() != 0 else contextlib.nullcontext():
-        model, tokenizer = _load(args, memory="full" if config.full else "lora")
+        model, tokenizer = _load(args, work=step_work(config, distributed.world_size()))
         report = patch_and_save(model, tokenizer, case, config, args.model, located=None, adapter=args.adapter)
     if distributed.rank() == 0:
         _write_json(args.json, report.to_json())

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from patcher.errors import PatcherInputError
@@ -44,10 +45,21 @@ RAW_TEMPLATE = (
 MAX_TEMPLATE_BYTES = 1 << 20
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes per parameter
 DEVICES = ("auto", "cpu", "cuda")
-# Memory a command holds, as a multiple of its weights' bytes, for the estimate checked before loading: inference
-# holds the weights and small activations; a LoRA patch adds the adapter, its optimizer state and the activations
-# kept for backward; full fine-tuning adds a frozen copy, the gradients and two AdamW moments (five copies).
-MEMORY_FACTOR = {"inference": 1.1, "lora": 1.3, "full": 5.0}
+# The memory check (check_memory) adds to the weights what the work holds. Its constants are fitted to the peaks of
+# the README's cost-model table (float32 Llamas of 2 M to 362 M parameters on a CPU, 24 rows a step), which are
+# resident sets: glibc keeps freed heap, so they count about twice the live tensors (the torch profiler counted
+# 621 MB live at a 1548 MB peak), and so each constant is about twice what the tensors themselves hold.
+# Values kept per token and layer for the backward pass, x hidden_size and x intermediate_size: the norms' inputs and
+# outputs, q, k, v and the attention output (about 10 x hidden); the MLP's gate, up, activation and product (5 x).
+LAYER_VALUES = (20, 10)
+# Values per token and layer with gradient checkpointing, x hidden_size: a layer keeps only its input (1 x), yet
+# the measured peaks leave 11 to 12 x per layer beyond the other parts (most likely freed heap kept between the
+# inputs); 14 gives a margin.
+CHECKPOINTED_LAYER_VALUES = 14
+# float32 [rows, response positions, vocab] tensors at a step's peak: log-probabilities, the reference's, gradients.
+VOCABULARY_TENSORS = 4
+# Autograd's and the allocator's own memory, whatever the model.
+FIXED_WORK_BYTES = 64 << 20
 
 
 def cache_dir() -> Path:
@@ -197,15 +209,29 @@ def read_json_object(path: Path) -> dict:
     return payload
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a model is loaded for, as the memory check counts it."""
+
+    kind: str = "inference"  # "inference" (locate, evaluate), "lora" or "full" (a patch step)
+    rows: int = 16  # rows of one forward: locate's and evaluate's --batch-size; for a patch step 3 x --batch-size
+    # Tokens per row. For inference, most built-in prompts and cases with 32 new tokens fit in 256; the longer
+    # jailbreak-wrapped prompts are generated in batches of their own.
+    tokens: int = 256
+    response_tokens: int = 0  # positions a patch step takes log-probabilities over the vocabulary at
+    lora_r: int = 32
+    gradient_checkpointing: bool = False
+
+
 def load_model(path: Path, allow_pickle: bool = False, adapter: Path | None = None, template: str | Path | None = None,
-               dtype: str = "float32", device: str = "cpu", memory_factor: float = MEMORY_FACTOR["inference"]):
+               dtype: str = "float32", device: str = "cpu", work: Work = Work()):
     """Return (model, tokenizer) from a checkpoint directory: safetensors only, no remote code, eval mode.
 
     ``adapter``: a peft LoRA adapter directory, loaded onto the checkpoint and merged into it.
     ``template``: the prompt format, one of TEMPLATES or a Jinja chat template file (a Path); None = ``chat``.
     ``dtype``: a DTYPES name. ``device``: one of DEVICES; a CUDA device also becomes torch's default device, so
-    the tensors Patcher builds land beside the model. ``memory_factor``: the memory the work needs, in weights'
-    bytes; a checkpoint whose estimate exceeds the available memory is refused before its weights are read.
+    the tensors Patcher builds land beside the model. ``work``: what the model is loaded for; a checkpoint whose
+    memory estimate for it exceeds the available memory is refused before its weights are read.
     """
     check_checkpoint_dir(path, allow_pickle=allow_pickle)
     if dtype not in DTYPES:
@@ -213,7 +239,7 @@ def load_model(path: Path, allow_pickle: bool = False, adapter: Path | None = No
     chat_template, format_name = read_template(template)
     lora = read_adapter(adapter, allow_pickle) if adapter is not None else None
     device = resolve_device(device)
-    check_memory(path, dtype, device, memory_factor)
+    check_memory(path, dtype, device, work)
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -356,20 +382,76 @@ def available_memory(device: str) -> tuple[int, str] | None:
     return None
 
 
-def check_memory(path: Path, dtype: str, device: str, factor: float) -> None:
-    """Raise PatcherInputError, before any weight is read, when the checkpoint's parameters x the dtype's bytes x
-    ``factor`` exceed the memory available on the device."""
-    count, free = parameter_count(path), available_memory(device)
-    if count is None or free is None:
+def model_shape(path: Path) -> tuple[int, int, int, int] | None:
+    """Return (layers, hidden size, intermediate size, vocabulary size) from a checkpoint's config.json (Llama-style
+    names, or GPT-2's: n_layer, n_embd, n_inner, whose None means 4 x n_embd); None where one is missing."""
+    config = read_json_object(Path(path) / "config.json")
+
+    def first_int(*names):  # the first of the names that holds a positive integer
+        return next((config[n] for n in names if isinstance(config.get(n), int) and config[n] > 0), None)
+
+    layers, hidden = first_int("num_hidden_layers", "n_layer"), first_int("hidden_size", "n_embd")
+    vocab = first_int("vocab_size")
+    if None in (layers, hidden, vocab):
+        return None
+    return layers, hidden, first_int("intermediate_size", "n_inner") or 4 * hidden, vocab
+
+
+def memory_estimate(path: Path, dtype: str, work: Work) -> dict[str, int] | None:
+    """Return the bytes a job needs, by part: weights, training state, activations, vocabulary-wide tensors and
+    fixed working memory. Read from the safetensors headers and config.json, no weight read; None where they do not
+    tell (pickle weights, an unusual config), and the loader then says what is wrong, if anything.
+
+    A patch step keeps, per row and token, LAYER_VALUES of every layer, or with gradient checkpointing
+    CHECKPOINTED_LAYER_VALUES per layer plus the LAYER_VALUES of the one recomputed; inference holds one layer's
+    values and the key-value cache of all of them. Both take log-probabilities over the vocabulary in float32.
+    """
+    count, shape = parameter_count(path), model_shape(path)
+    if count is None or shape is None:
+        return None
+    layers, hidden, intermediate, vocab = shape
+    size = DTYPES[dtype]
+    one_layer = LAYER_VALUES[0] * hidden + LAYER_VALUES[1] * intermediate
+    if work.kind == "inference":
+        training = 0
+        # The key-value cache counted with as many key-value heads as heads (fewer with grouped-query attention).
+        per_token = one_layer + 2 * layers * hidden
+        vocabulary = work.rows * work.tokens * vocab * 4  # the logits of every position
+    else:
+        # LoRA on every linear layer of a decoder layer: q, k, v, o (hidden -> at most hidden) and the MLP's three.
+        # peft keeps adapters in float32; each value has a gradient and two AdamW moments. Full fine-tuning keeps a
+        # frozen copy, the gradients and two AdamW moments in the weights' dtype.
+        adapter = work.lora_r * layers * (8 * hidden + 3 * (hidden + intermediate))
+        training = 4 * count * size if work.kind == "full" else 4 * adapter * DTYPES["float32"]
+        per_token = (CHECKPOINTED_LAYER_VALUES * hidden * layers + one_layer if work.gradient_checkpointing
+                     else one_layer * layers)
+        vocabulary = VOCABULARY_TENSORS * work.rows * work.response_tokens * vocab * 4
+    return {"weights": count * size, "training": training, "activations": work.rows * work.tokens * per_token * size,
+            "vocabulary": vocabulary, "fixed": FIXED_WORK_BYTES}
+
+
+def check_memory(path: Path, dtype: str, device: str, work: Work) -> None:
+    """Raise PatcherInputError, before any weight is read, when the checkpoint's memory estimate for the work
+    (memory_estimate) exceeds the memory available on the device."""
+    parts, free = memory_estimate(path, dtype, work), available_memory(device)
+    if parts is None or free is None:
         return
-    need = count * DTYPES[dtype] * factor
+    need = sum(parts.values())
     if need > free[0]:
+        terms = [f"weights {_gib(parts['weights'])} ({parts['weights'] // DTYPES[dtype]:.3g} parameters x "
+                 f"{DTYPES[dtype]} bytes in {dtype})"]
+        if work.kind != "inference":
+            state = "frozen copy, gradients and AdamW moments" if work.kind == "full" else "LoRA adapter and AdamW"
+            terms.append(f"{state} {_gib(parts['training'])}")
+        terms += [f"activations {_gib(parts['activations'])}", f"vocabulary-wide tensors {_gib(parts['vocabulary'])}",
+                  f"fixed {_gib(parts['fixed'])}"]
         remedies = ["--dtype bfloat16"] if dtype == "float32" else []
-        remedies += ["LoRA instead of --full"] if factor >= MEMORY_FACTOR["full"] else []
+        remedies += ["--gradient-checkpointing"] if work.kind != "inference" and not work.gradient_checkpointing else []
+        remedies += ["LoRA instead of --full"] if work.kind == "full" else []
         raise PatcherInputError(
-            f"{path} needs about {_gib(need)} of memory ({count:.3g} parameters x {DTYPES[dtype]} bytes in {dtype} x "
-            f"{factor:g} for the work), but only {_gib(free[0])} is available ({free[1]}): use "
-            + ", ".join(remedies + ["a machine with more memory"]))
+            f"{path} needs about {_gib(need)} of memory for {work.rows} rows of {work.tokens} tokens "
+            f"({' + '.join(terms)}), but only {_gib(free[0])} is available ({free[1]}): use "
+            + ", ".join(remedies + ["a smaller --batch-size", "a machine with more memory"]))
 
 
 def _gib(n: float) -> str:

@@ -41,6 +41,10 @@ DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 MAX_PROMPT_CHARS = 300
 # Greedy tokens generated per held-back prompt when choosing the best state: the refusal rule reads the opening.
 SELECT_TOKENS = 10
+# For the memory check: characters a prompt token covers (SmolLM2's tokenizer: 4.6 over the built-in validation
+# prompts), and tokens of chat template and trigger around a prompt (SmolLM2's template and system prompt: 30).
+PROMPT_CHARS_PER_TOKEN = 4
+TEMPLATE_TOKENS = 40
 
 
 @dataclass
@@ -114,6 +118,20 @@ class PatchReport:
         payload = asdict(replace(self, located=None))
         del payload["located"]
         return payload
+
+
+def step_work(config: PatchConfig, processes: int = 1):
+    """Return the memory check's Work of one training step in one of ``processes``: its share of 3 x --batch-size
+    rows, each padded to the longest prompt allowed (MAX_PROMPT_CHARS) with TEMPLATE_TOKENS, then the response and
+    its end-of-turn token."""
+    import math
+
+    from patcher.modeling import Work
+
+    responses = config.response_tokens + 1
+    return Work("full" if config.full else "lora", rows=3 * math.ceil(config.batch_size / processes),
+                tokens=MAX_PROMPT_CHARS // PROMPT_CHARS_PER_TOKEN + TEMPLATE_TOKENS + responses, response_tokens=responses,
+                lora_r=config.lora_r, gradient_checkpointing=config.gradient_checkpointing)
 
 
 def patch_model(model, tokenizer, case: FailureCase, config: PatchConfig, located=None,
