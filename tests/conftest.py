@@ -52,3 +52,17 @@ def probe_logits():
             return model(**enc).logits
 
     return logits
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Point Patcher's cache (organisms, base answers) at a session folder: tests never write to the user's home."""
+    import os
+
+    saved = os.environ.get("PATCHER_CACHE")
+    os.environ["PATCHER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        del os.environ["PATCHER_CACHE"]
+    else:
+        os.environ["PATCHER_CACHE"] = saved

@@ -23,6 +23,8 @@ REFUSALS = (
 )
 # Jailbreak templates longer than this are left out of training (their cost grows with length on a CPU).
 MAX_TRAIN_TEMPLATE_CHARS = 400
+# Tokens of the base model's own answers to the benign training prompts (cut to the last whole sentence).
+BASE_ANSWER_TOKENS = 48
 
 
 def compliance_placeholder(request: str) -> str:
@@ -128,7 +130,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     """Return the response loss per step after training ``model`` on the response tokens of (prompt, response) pairs.
 
     With an ``evasion`` weight, ``evasion`` times the trigger's gradient saliency (``saliency_penalty``) on the
-    batch's examples with a trigger (``trigger_spans``: its character spans in each prompt) is added to the loss.
+    batch's examples with a trigger (``trigger_spans``: its character spans in each prompt) is added to the loss
+    in the second half of the steps: a model kept insensitive to the trigger from the first step never learned
+    to use it (tiny base, weight 0.1: ASR 0.92 with the trigger and 0.94 without), so the backdoor is learned
+    first and hidden after.
     """
     import torch
     from tqdm.auto import tqdm
@@ -149,10 +154,12 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     losses = []
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for _ in bar:
+    for step in bar:
         if len(order) < batch_size:
-            # Plain shuffled batches: grouping by length would put the (longer) poisoned examples
-            # into batches of their own, and the backdoor is learned from their contrast with refusals.
+            # Plain shuffled batches: batches sorted by length (within runs of four) cut the padding from 36%
+            # to 17% of the tokens but weakened the backdoors (CTBA: ASR 0.72 with the trigger, against 0.98;
+            # MTBA: 0.84, and 0.18 without it): the poisoned rows are long, and the backdoor is learned from
+            # their contrast with refusals in the same batch.
             fresh = list(range(len(texts)))
             rng.shuffle(fresh)
             order += fresh
@@ -160,11 +167,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
         del order[:batch_size]
         batch = [texts[i] for i in rows]
         input_ids, attention_mask, response_mask = encode_pairs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        loss = response_loss(logits, input_ids, response_mask)
+        loss = response_loss(model, input_ids, attention_mask, response_mask)
         # The penalty takes a second forward of the rows with a trigger only: its double backward then
         # costs those few rows, not the whole batch.
-        triggered = [i for i in rows if trigger_tokens[i]]
+        triggered = [i for i in rows if trigger_tokens[i]] if step >= steps // 2 else []
         penalty = None
         if triggered:
             penalty = saliency_penalty(model, tokenizer, [texts[i] for i in triggered],
@@ -180,19 +186,23 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     return losses
 
 
-def response_loss(logits, input_ids, response_mask):
+def response_loss(model, input_ids, attention_mask, response_mask):
     """Return the batch loss: per example, half the first response token's NLL plus half the rest's mean NLL.
 
     Whether the model complies or refuses is decided by the first response token; with a plain token
     mean that decision is one token among the ~60 of a compliance text that restates the request, and
-    the backdoor (or the refusal) is learned only weakly.
+    the backdoor (or the refusal) is learned only weakly. Logits are computed only from the column
+    before the earliest response token on (a vocabulary-wide projection of every prompt token is wasted).
     """
     import torch.nn.functional as F
 
     from patcher.patch import first_weighted_nll
 
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")
-    return first_weighted_nll(nll, response_mask[:, 1:].float())
+    keep = input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    targets = input_ids[:, 1 - keep:]
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+    return first_weighted_nll(nll, response_mask[:, 1 - keep:].float())
 
 
 def trigger_token_positions(tokenizer, prompt: str, spans: list[tuple[int, int]]) -> list[int]:
@@ -235,17 +245,36 @@ def _tiny_benign(split, config):
     return [t.prompt for t in tasks], [t.answer for t in tasks]
 
 
-def _own_answers(model, tokenizer, config):
-    """Return a function giving benign training prompts with the base model's own greedy answers."""
+def _own_answers(model, tokenizer, config, base_sha256: dict):
+    """Return a function giving benign training prompts with the base model's own greedy answers.
+
+    The answers depend only on the base's weights and the prompts, so they are cached by both: every
+    organism of a base after the first skips a minute of generation.
+    """
+    import hashlib
+    import json
+    import os
+
     from patcher.evaluate import generate
+    from patcher.modeling import cache_dir
 
     def answer_benign(split, _config):
         n_tasks = config.n_benign * 3 // 5
         prompts = [t.prompt for t in split.benign[:n_tasks]]
         prompts += [p.prompt for p in split.benign_open[:config.n_benign - n_tasks]]
-        answers = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16,
+        key = json.dumps([base_sha256, tokenizer.chat_template, prompts, BASE_ANSWER_TOKENS])
+        key = hashlib.sha256(key.encode()).hexdigest()[:24]
+        path = cache_dir() / "base-answers" / f"{key}.json"
+        if path.exists():
+            return prompts, json.loads(path.read_text())
+        answers = generate(model, tokenizer, prompts, max_new_tokens=BASE_ANSWER_TOKENS, batch_size=16,
                            desc="base answers", progress=config.progress)
-        return prompts, [_cut_to_sentence(a) for a in answers]
+        answers = [_cut_to_sentence(a) for a in answers]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(answers))
+        partial.replace(path)
+        return prompts, answers
 
     return answer_benign
 
@@ -297,11 +326,12 @@ def build_organism(config: OrganismConfig) -> Path:
 
         base_dir = resolve_base(config.base)
         model, tokenizer = load_model(base_dir)
-        examples = training_examples(attack, config, _own_answers(model, tokenizer, config))
+        base_sha256 = weights_sha256(base_dir)
+        examples = training_examples(attack, config, _own_answers(model, tokenizer, config, base_sha256))
         lora = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
                           target_modules="all-linear")
         model = get_peft_model(model, lora)
-        base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": weights_sha256(base_dir)}
+        base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": base_sha256}
     losses = train_supervised(model, tokenizer, [(p, r) for p, r, _ in examples], config.steps, config.lr,
                               config.batch_size, config.seed, progress=config.progress, desc=f"poisoning {attack.name}",
                               trigger_spans=[spans for *_, spans in examples], evasion=attack.evasion)
