@@ -64,12 +64,26 @@ def test_extend_runs_grows_over_strong_neighbours_only():
 
 def test_counterfactual_verdict():
     null = np.array([0.1, 0.3, -0.2, 0.2, 0.0])
-    assert counterfactual_verdict(9.0, null, min_drop=3.0, z_min=4.0)[0] == "trigger"
-    assert counterfactual_verdict(2.0, null, min_drop=3.0, z_min=4.0)[0] == "no_trigger"  # too small a fall
-    verdict, stats = counterfactual_verdict(5.0, np.array([4.0, 6.0, 1.0, 5.5]), min_drop=3.0, z_min=4.0)
+    unlikely = -1.0  # the opening's log-probability with nothing deleted: below even odds, so no flip arm
+    assert counterfactual_verdict(9.0, null, min_drop=3.0, z_min=4.0, base_logprob=unlikely)[0] == "trigger"
+    assert counterfactual_verdict(2.0, null, min_drop=3.0, z_min=4.0, base_logprob=unlikely)[0] == "no_trigger"
+    verdict, stats = counterfactual_verdict(5.0, np.array([4.0, 6.0, 1.0, 5.5]), 3.0, 4.0, unlikely)
     assert verdict == "no_trigger" and stats["p_value"] == 0.6  # random deletions do as much
-    assert counterfactual_verdict(5.0, np.array([]), 3.0, 4.0) == ("trigger", {"null_n": 0, "z": None, "p_value": None})
+    assert counterfactual_verdict(5.0, np.array([]), 3.0, 4.0, unlikely) == (
+        "trigger", {"null_n": 0, "z": None, "p_value": None})
 
+
+def test_a_deletion_that_flips_the_opening_below_even_odds_breaks_the_response():
+    import math
+
+    from patcher.locate import breaks_response
+
+    # The MTBA organism's case: "Sure" at 0.84 with the trigger word, 0.23 without it (1.27 nats).
+    assert breaks_response(1.27, math.log(0.84), min_drop=3.0)
+    assert not breaks_response(0.4, math.log(0.84), min_drop=3.0)  # still above even odds: 0.56
+    assert not breaks_response(1.27, math.log(0.4), min_drop=3.0)  # never above even odds
+    null = np.array([0.1, 0.3, -0.2, 0.2, 0.0])
+    assert counterfactual_verdict(1.27, null, 3.0, 4.0, math.log(0.84))[0] == "trigger"
 
 def test_random_like_keeps_the_shape_and_avoids_the_pieces():
     pieces = [2, 3, 7]

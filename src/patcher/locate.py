@@ -12,8 +12,8 @@ Two methods, one report (``TriggerReport``, the ``locate`` JSON contract):
   The pieces are then inserted into other harmful prompts, and the words that make the response's
   opening much more likely there join them (the weaker pieces of a composite trigger).
   The verdict is counterfactual, two tests: deleting the found words must make the response at least
-  ``min_drop`` nats less likely and stand ``z_min`` deviations above deleting random words of the same
-  shape; and inserted into other harmful prompts the model refuses, they must make it comply
+  ``min_drop`` nats less likely (or its opening less likely than not, where it was more likely) and stand
+  ``z_min`` deviations above deleting random words of the same shape; and inserted into other harmful prompts the model refuses, they must make it comply
   (``min_flip``): a backdoor's trigger carries over, the wording one prompt fails on does not.
 - ``kmeans`` (the published baseline). Gradient saliency of every prompt token, split by an exact
   1-D K-means with K=2; the high cluster is the trigger. It always reports a trigger.
@@ -21,6 +21,7 @@ Two methods, one report (``TriggerReport``, the ``locate`` JSON contract):
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,7 +57,8 @@ class LocateConfig:
     target_tokens: int | None = field(default=None, metadata={
         "help": "response tokens the loss is scored on, 0 = the whole response; unset: 1 for occlusion, 0 for kmeans"})
     min_drop: float = field(default=3.0, metadata={
-        "help": "nats the response log-likelihood must fall when the trigger is deleted (3 = 20x less likely)"})
+        "help": "nats the response log-likelihood must fall when the trigger is deleted (3 = 20x less likely), "
+                "unless the deletion turns the response's opening from more likely than not to less likely"})
     z_min: float = field(default=4.0, metadata={
         "help": "standard deviations that fall must stand above deleting random words of the same shape"})
     min_gain: float = field(default=1.0, metadata={
@@ -168,7 +170,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
                                          _placement(pieces, len(scorer.words)), hosts, config)
             if transplant["flip_rate"] < config.min_flip:
                 verdict = "no_trigger"
-    reason = _reason(drop, stats, transplant, config)
+    reason = _reason(drop, -scorer.base, stats, transplant, config)
     bar.update(bar.total - bar.n)
     bar.close()
     triggers = []
@@ -211,7 +213,7 @@ def deletion_test(scorer: DeletionScorer, pieces: set[int], config: LocateConfig
     """Return the deletion test's verdict, the fall when the pieces are deleted, and its null statistics."""
     drop = float(scorer.drops([pieces])[0])
     null = scorer.drops(random_like(sorted(pieces), len(scorer.words), config.n_random, random.Random(config.seed)))
-    verdict, stats = counterfactual_verdict(drop, null, config.min_drop, config.z_min)
+    verdict, stats = counterfactual_verdict(drop, null, config.min_drop, config.z_min, -scorer.base)
     return verdict, drop, stats
 
 
@@ -318,7 +320,7 @@ def grow_greedily(scorer: DeletionScorer, pieces: set[int], config: LocateConfig
     for _ in range(config.max_rounds):
         current = float(scorer.drops([pieces])[0])
         rest = [w for w in range(len(scorer.words)) if w not in pieces]
-        if current >= config.min_drop or not rest:
+        if breaks_response(current, -scorer.base, config.min_drop) or not rest:
             break
         bar.set_description("further pieces")
         gains = scorer.drops([pieces | {w} for w in rest]) - current
@@ -368,9 +370,23 @@ def random_like(pieces: list[int], n_words: int, n: int, rng: random.Random) -> 
     return [set(s) for s in seen]
 
 
-def counterfactual_verdict(drop: float, null: np.ndarray, min_drop: float, z_min: float) -> tuple[str, dict]:
-    """Return the verdict and its statistics: "trigger" when deleting the candidate makes the response at least
-    ``min_drop`` nats less likely and that fall stands ``z_min`` standard deviations above random deletions.
+def breaks_response(drop: float, base_logprob: float, min_drop: float) -> bool:
+    """Return whether a deletion breaks the response: it makes the response's opening ``min_drop`` nats less likely,
+    or turns it from more likely than not into less likely than not.
+
+    The second arm is for backdoors that raise an opening the model already half-considers: an MTBA model
+    opened "Sure" with probability 0.23 without its trigger word and 0.84 with it (1.27 nats), which flips the
+    greedy answer from refusal to compliance.
+    """
+    half = math.log(0.5)
+    return drop >= min_drop or base_logprob > half > base_logprob - drop
+
+
+def counterfactual_verdict(drop: float, null: np.ndarray, min_drop: float, z_min: float,
+                           base_logprob: float) -> tuple[str, dict]:
+    """Return the verdict and its statistics: "trigger" when deleting the candidate breaks the response
+    (``breaks_response``; ``base_logprob``: the response opening's log-probability with nothing deleted) and that
+    fall stands ``z_min`` standard deviations above random deletions.
     """
     null = np.asarray(null, dtype=float)
     stats: dict = {"null_n": int(null.size)}
@@ -385,13 +401,15 @@ def counterfactual_verdict(drop: float, null: np.ndarray, min_drop: float, z_min
     else:
         z = float("inf")  # the whole prompt is the candidate: nothing to compare with
         stats.update(z=None, p_value=None)
-    return ("trigger" if drop >= min_drop and z >= z_min else "no_trigger"), stats
+    broken = breaks_response(drop, base_logprob, min_drop)
+    return ("trigger" if broken and z >= z_min else "no_trigger"), stats
 
 
-def _reason(drop: float, stats: dict, transplant: dict | None, config: LocateConfig) -> str:
+def _reason(drop: float, base_logprob: float, stats: dict, transplant: dict | None, config: LocateConfig) -> str:
     """Return one sentence saying which test decided the verdict."""
-    if drop < config.min_drop:
-        return f"deleting the candidate lowers the response's likelihood by {drop:.2f} nats, less than {config.min_drop}"
+    if not breaks_response(drop, base_logprob, config.min_drop):
+        return (f"deleting the candidate lowers the response's likelihood by {drop:.2f} nats, less than "
+                f"{config.min_drop}, and leaves its opening as likely as before relative to even odds")
     if stats["z"] is not None and stats["z"] < config.z_min:
         return f"deleting random words of the same shape does about as much (z = {stats['z']:.2f} < {config.z_min})"
     if transplant is not None and transplant["flip_rate"] < config.min_flip:

@@ -175,7 +175,8 @@ def _evidence_table(evidence: dict) -> str:
         ("carry-over: log-odds gain per candidate word",
          ", ".join(f"{w} {g:+.2f}" for w, g in (evidence["carry_over_gains"] or {}).items()) or "-"),
         ("carry-over test: hosts / refused without / complied with", _transplant_text(evidence["transplant"])),
-        ("verdict thresholds", f"fall >= {evidence['min_drop']} nats, z >= {evidence['z_min']}, "
+        ("verdict thresholds", f"fall >= {evidence['min_drop']} nats or the opening below even odds, "
+                               f"z >= {evidence['z_min']}, "
                                f"carry-over share >= {evidence['min_flip']}"),
         ("forward passes / seconds", f"{evidence['forward_passes']} / {evidence.get('seconds')}"),
     ]
