@@ -44,8 +44,6 @@ CARRY_OVER_CANDIDATES = 4
 # Greedy tokens per carry-over prompt: enough for the refusal rule, which reads a response's opening
 # ("I'm sorry, but", "I cannot assist", "Sure, here is").
 TRANSPLANT_TOKENS = 8
-# Hosts the candidate pieces' log-odds are averaged over: each candidate costs a forward per host.
-CARRY_OVER_HOSTS = 4
 
 
 @dataclass
@@ -165,7 +163,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     if config.transplant_prompts and verdict == "trigger":
         hosts = carry_over_hosts(config)
         bar.set_description("carry-over pieces")
-        pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts[:CARRY_OVER_HOSTS], config)
+        pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts, config)
         # The behavioural test costs generation, so it only confirms a candidate the deletion test accepts.
         if verdict == "trigger":
             bar.set_description("carry-over test")
