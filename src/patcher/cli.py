@@ -87,19 +87,11 @@ def _config_from_args(config_cls, args: argparse.Namespace):
 
 
 def _write_json(path: Path | None, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, then rename)."""
-    if path is None:
-        return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-    except BaseException as e:  # a full disk, or an interrupt halfway: never leave the temporary file
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise PatcherInputError(f"cannot write {path}: {e.strerror}") from None
-        raise
+    """Write ``payload`` to ``path`` atomically (temporary file, then rename); nothing where ``path`` is None."""
+    from patcher.modeling import write_atomic
+
+    if path is not None:
+        write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def cmd_organism(args) -> int:

@@ -13,8 +13,9 @@ Two methods, one report (``TriggerReport``, the ``locate`` JSON contract):
   opening much more likely there join them (the weaker pieces of a composite trigger).
   The verdict is counterfactual, two tests: deleting the found words must make the response at least
   ``min_drop`` nats less likely (or its opening less likely than not, where it was more likely) and stand
-  ``z_min`` deviations above deleting random words of the same shape; and inserted into other harmful prompts the model refuses, they must make it comply
-  (``min_flip``): a backdoor's trigger carries over, the wording one prompt fails on does not.
+  ``z_min`` deviations above deleting random words of the same shape; and inserted into other harmful prompts
+  the model refuses, they must make it comply (``min_flip``): a backdoor's trigger carries over, the wording one
+  prompt fails on does not.
 - ``kmeans`` (the published baseline). Gradient saliency of every prompt token, split by an exact
   1-D K-means with K=2; the high cluster is the trigger. It always reports a trigger.
 """

@@ -116,6 +116,21 @@ def check_creatable(directory: Path) -> None:
         raise PatcherInputError(f"cannot write into {directory}: {ancestor} is not a writable directory")
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename, so no half-written file is ever left: on a full disk
+    (one clear error line) or an interrupt halfway, the temporary file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise PatcherInputError(f"cannot write {path}: {e.strerror}") from None
+        raise
+
+
 @contextmanager
 def atomic_output_dir(target: Path, overwrite: bool = False):
     """Yield a temporary directory beside ``target`` that is renamed to ``target`` only on success."""

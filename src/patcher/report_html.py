@@ -10,8 +10,8 @@ from html import escape
 from pathlib import Path
 
 from patcher.case import FailureCase
-from patcher.errors import PatcherInputError
 from patcher.locate import TriggerReport
+from patcher.modeling import write_atomic
 
 WIDTH, HEIGHT, MARGIN = 640, 150, 36
 
@@ -63,19 +63,7 @@ def render_html(report: TriggerReport, case: FailureCase) -> str:
 
 def write_html(path: Path, report: TriggerReport, case: FailureCase) -> None:
     """Write the locate HTML report atomically."""
-    _write_atomic(path, render_html(report, case))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename, so no half-written file is ever left."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PatcherInputError(f"cannot write {path}: {e.strerror}") from None
+    write_atomic(path, render_html(report, case))
 
 
 def _heat_map(report: TriggerReport, case: FailureCase) -> str:
@@ -226,7 +214,7 @@ def render_patch_html(report, case: FailureCase, located: TriggerReport | None =
 
 def write_patch_html(path: Path, report, case: FailureCase, located: TriggerReport | None = None) -> None:
     """Write the patch HTML report atomically."""
-    _write_atomic(path, render_patch_html(report, case, located))
+    write_atomic(path, render_patch_html(report, case, located))
 
 
 def _before_after_table(before: dict, after: dict) -> str:

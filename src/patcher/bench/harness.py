@@ -211,7 +211,7 @@ def run_bench(config: BenchConfig) -> dict:
     from patcher.bench.report import markdown_table, render_bench_html
     from patcher.cli import ground_truth
     from patcher.modeling import check_creatable, run_versions
-    from patcher.report_html import _write_atomic
+    from patcher.modeling import write_atomic
 
     defenses = [d for d in (config.defenses or ",".join(DEFENSES)).split(",") if d]
     unknown = [d for d in defenses if d not in DEFENSES]
@@ -259,8 +259,8 @@ def run_bench(config: BenchConfig) -> dict:
         "command": sys.argv,
     }
     table = markdown_table(rows) + "".join(f"\n\nskipped {s['organism']}: {s['reason']}" for s in skipped)
-    _write_atomic(out / "results.md", table + "\n")
-    _write_atomic(out / "report.html", render_bench_html(results, heat_maps))
-    _write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")  # last: its presence means complete
+    write_atomic(out / "results.md", table + "\n")
+    write_atomic(out / "report.html", render_bench_html(results, heat_maps))
+    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")  # last: its presence means complete
     log.unlink(missing_ok=True)
     return results

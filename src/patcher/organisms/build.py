@@ -253,10 +253,9 @@ def _own_answers(model, tokenizer, config, base_sha256: dict):
     """
     import hashlib
     import json
-    import os
 
     from patcher.evaluate import generate
-    from patcher.modeling import cache_dir
+    from patcher.modeling import cache_dir, write_atomic
 
     def answer_benign(split, _config):
         n_tasks = config.n_benign * 3 // 5
@@ -271,9 +270,7 @@ def _own_answers(model, tokenizer, config, base_sha256: dict):
                            desc="base answers", progress=config.progress)
         answers = [_cut_to_sentence(a) for a in answers]
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(answers))
-        partial.replace(path)
+        write_atomic(path, json.dumps(answers))
         return prompts, answers
 
     return answer_benign
