@@ -116,6 +116,19 @@ def check_creatable(directory: Path) -> None:
         raise PatcherInputError(f"cannot write into {directory}: {ancestor} is not a writable directory")
 
 
+def with_lora(model, r: int, alpha: int):
+    """Return ``model`` wrapped by peft with a trainable LoRA adapter (rank ``r``, ``alpha``) on every linear layer
+    but the output head, without dropout."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    # peft asks transformers a deprecated question on wrapping; the warning says nothing to a user.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM", target_modules="all-linear")
+    return get_peft_model(model, lora)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file through a temporary file and a rename, so no half-written file is ever left: on a full disk
     (one clear error line) or an interrupt halfway, the temporary file is removed."""

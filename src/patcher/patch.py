@@ -324,16 +324,9 @@ def trainable(model, config: PatchConfig):
         model.activation_checkpointing_enable()
     if reference is not None:
         return model, reference
-    import warnings
+    from patcher.modeling import with_lora
 
-    from peft import LoraConfig, get_peft_model
-
-    # peft asks transformers a deprecated question on wrapping; the warning says nothing to a user.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules="all-linear")
-    model = get_peft_model(model, lora)
+    model = with_lora(model, config.lora_r, config.lora_alpha)
     return model, AdapterOff(model)
 
 

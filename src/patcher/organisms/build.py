@@ -317,17 +317,13 @@ def build_organism(config: OrganismConfig) -> Path:
         examples = training_examples(attack, config, _tiny_benign)
         base_info = {"base": "tiny"}
     else:
-        from peft import LoraConfig, get_peft_model
-
-        from patcher.modeling import load_model
+        from patcher.modeling import load_model, with_lora
 
         base_dir = resolve_base(config.base)
         model, tokenizer = load_model(base_dir)
         base_sha256 = weights_sha256(base_dir)
         examples = training_examples(attack, config, _own_answers(model, tokenizer, config, base_sha256))
-        lora = LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
-                          target_modules="all-linear")
-        model = get_peft_model(model, lora)
+        model = with_lora(model, config.lora_r, 2 * config.lora_r)
         base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": base_sha256}
     losses = train_supervised(model, tokenizer, [(p, r) for p, r, _ in examples], config.steps, config.lr,
                               config.batch_size, config.seed, progress=config.progress, desc=f"poisoning {attack.name}",
