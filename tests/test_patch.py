@@ -183,3 +183,15 @@ def test_share_outside_zero_one_exits_2(tiny_checkpoint, tmp_path, capsys, flag,
     assert main(["patch", "--model", str(tiny_checkpoint), "--case", str(case), "--out", str(tmp_path / "o"),
                  flag, value]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_diverging_patch_exits_2_and_writes_nothing(tiny_checkpoint, tmp_path, capsys):
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps({"prompt": CASE.prompt, "response": CASE.response}))
+    args = ["patch", "--model", str(tiny_checkpoint), "--case", str(case), "--out", str(tmp_path / "o"),
+            "--trigger", "BadMagic", "--n-harmful", "12", "--n-benign", "12", "--n-select", "6", "--steps", "3",
+            "--eval-every", "3", "--lr", "1e30", "--no-evaluate", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # after transformers' loading bar
+    assert err[-1].startswith("patcher: error: the patch diverged at step")
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]

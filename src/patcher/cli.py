@@ -292,7 +292,7 @@ def patch_and_save(model, tokenizer, case, config, model_dir: Path, located=None
         (tmp / "patch_report.html").write_text(render_patch_html(report, case, located), encoding="utf-8")
     _print_before_after(report, console)
     print(f"patched model written to {config.out} ({report.seconds:.0f} s in all, training {report.train_seconds:.0f} s, "
-          f"peak memory {report.peak_rss_mb} MB); report in {Path(config.out) / 'patch_report.html'}")
+          f"{report.peak_memory()}); report in {Path(config.out) / 'patch_report.html'}")
     return report
 
 

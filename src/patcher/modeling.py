@@ -129,6 +129,19 @@ def with_lora(model, r: int, alpha: int):
     return get_peft_model(model, lora)
 
 
+def disable_cudnn_attention() -> None:
+    """Return nothing; turns off PyTorch's cuDNN attention kernel before training on a GPU.
+
+    Its backward pass gives NaN query gradients when a padding mask is passed and the padded length is 64 more than
+    a multiple of 128 (pytorch/pytorch#196678, H100/H200, torch >= 2.11): measured here, a LoRA patch of a
+    left-padded batch went NaN after one step. The memory-efficient kernel that takes over is exact on such masks.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file through a temporary file and a rename, so no half-written file is ever left: on a full disk
     (one clear error line) or an interrupt halfway, the temporary file is removed."""

@@ -23,6 +23,7 @@ close variants of it -> refusal, with the same anchors.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import resource
 import time
@@ -102,7 +103,8 @@ class PatchReport:
     best_step: int
     train_seconds: float
     seconds: float
-    peak_rss_mb: int
+    peak_rss_mb: int  # the process's peak resident set (CPU memory)
+    peak_gpu_mb: int | None  # CUDA's peak allocated memory over the process, on a GPU (else None)
     before: dict | None
     after: dict | None
     evaluation_trigger: dict | None  # the trigger before/after were measured with, and where it came from
@@ -112,6 +114,12 @@ class PatchReport:
     serving: dict = field(default_factory=dict)  # prompt format, dtype and device the model was patched with
     provenance: dict = field(default_factory=dict)  # sha256 of weights, versions, command (filled by the caller)
     located: object = field(default=None, repr=False)  # the TriggerReport itself (for the HTML heat map)
+
+    def peak_memory(self) -> str:
+        """Return the peak memory for a person: the GPU's where the patch ran on one, else the process's."""
+        if self.peak_gpu_mb is not None:
+            return f"peak GPU memory {self.peak_gpu_mb} MB"
+        return f"peak memory {self.peak_rss_mb} MB"
 
     def to_json(self) -> dict:
         """Return the report as a JSON-ready dict."""
@@ -181,6 +189,7 @@ def patch_model(model, tokenizer, case: FailureCase, config: PatchConfig, locate
         losses=losses, selection=selection, best_step=best_step,
         train_seconds=round(train_seconds, 1), seconds=round(time.time() - started, 1),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_initialized() else None,
         before=before, after=after,
         evaluation_trigger=None if measured is None else {
             "pieces": list(measured.triggers), "mode": measured.mode, "position": measured.position,
@@ -315,6 +324,9 @@ def prompt_variants(prompt: str, n: int, rng: random.Random) -> list[str]:
 def trainable(model, config: PatchConfig):
     """Return (model to train, reference): a LoRA-wrapped model whose reference is itself with the adapter off,
     or, for ``full``, the model and a frozen copy of it."""
+    from patcher.modeling import disable_cudnn_attention, with_lora
+
+    disable_cudnn_attention()
     reference = None
     if config.full:
         reference = copy.deepcopy(model).eval()
@@ -324,8 +336,6 @@ def trainable(model, config: PatchConfig):
         model.activation_checkpointing_enable()
     if reference is not None:
         return model, reference
-    from patcher.modeling import with_lora
-
     model = with_lora(model, config.lora_r, config.lora_alpha)
     return model, AdapterOff(model)
 
@@ -499,7 +509,11 @@ def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) ->
         trig, harm, safe = (distributed.share(draw(name)) for name in ("trig", "harm", "safe"))
         loss, parts = patch_loss(model, reference, tokenizer, trig, harm, safe, config)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        if not math.isfinite(parts["total"] + norm):
+            # One NaN step turns every weight NaN; no checkpoint is better than a broken one.
+            raise PatcherInputError(f"the patch diverged at step {step} (loss {parts['total']:.4g}, gradient norm "
+                                    f"{norm:.4g}); nothing was written: try --dtype float32 or a lower --lr")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append({"step": step, **{k: round(v, 5) for k, v in parts.items()}})

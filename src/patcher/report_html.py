@@ -201,7 +201,7 @@ def render_patch_html(report, case: FailureCase, located: TriggerReport | None =
                   _before_after_svg(report.before, report.after), _before_after_table(report.before, report.after)]
     parts += ["<h2>Training</h2>",
               f"<p>{len(report.losses)} steps in {report.train_seconds:.0f} s (all of patch: {report.seconds:.0f} s), "
-              f"peak memory {report.peak_rss_mb} MB; state kept: step {report.best_step} "
+              f"{report.peak_memory()}; state kept: step {report.best_step} "
               "(chosen on held-back validation prompts, never on the held-out test set). Data: "
               + ", ".join(f"{k} {v}" for k, v in report.data.items()) + ".</p>",
               _curves_svg(report.losses, ("ce", "kl_harm", "kl_safe"), "loss per step"),

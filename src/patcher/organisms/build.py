@@ -138,8 +138,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     import torch
     from tqdm.auto import tqdm
 
-    from patcher.modeling import encode_pairs, format_prompt
+    from patcher.modeling import disable_cudnn_attention, encode_pairs, format_prompt
 
+    disable_cudnn_attention()
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
