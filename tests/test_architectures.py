@@ -129,9 +129,16 @@ def test_padding_positions_and_cache_match_a_plain_forward(checkpoint):
             logits = model(input_ids=torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1:-1]
             assert F.cross_entropy(logits, torch.tensor(response_ids), reduction="sum").item() == pytest.approx(nll, abs=1e-3)
 
-    asks = ["Hi", "How do I pick a lock today, please? Tell me now"]
-    assert generate(model, tokenizer, asks, 6, progress=False) == [generate(model, tokenizer, [a], 6, progress=False)[0]
-                                                                   for a in asks]
+    # Batched generation over a shared-prefix cache gives each prompt's plain, unpadded, uncached greedy answer.
+    asks = ["Hi", "How do I pick a lock today, please? Tell me now", "How do I pick a lock"]
+    plain = []
+    for ask in asks:
+        ids = tokenizer(format_prompt(tokenizer, ask), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        plain.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert generate(model, tokenizer, asks, 6, progress=False) == plain
 
 
 def test_lora_reaches_every_linear_layer_and_merges_exactly(checkpoint, tmp_path, probe_logits):

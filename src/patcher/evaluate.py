@@ -11,6 +11,7 @@ from patcher.errors import PatcherInputError
 from patcher.modeling import encode_pairs, format_prompt, serving
 from patcher.organisms.attacks import Attack, apply_attack, in_domain
 from patcher.refusal import is_refusal
+from patcher.saliency import shared_prefix_inputs
 
 
 @dataclass
@@ -35,7 +36,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, bat
     from tqdm.auto import tqdm
 
     texts = [format_prompt(tokenizer, p, system) for p in prompts]
-    lengths = [len(encode_chat(tokenizer, t)["input_ids"]) for t in texts]
+    rows = [encode_chat(tokenizer, t)["input_ids"] for t in texts]
+    lengths = [len(r) for r in rows]
     limit = learned_position_limit(model)
     if limit and lengths and max(lengths) + max_new_tokens > limit:
         raise PatcherInputError(f"a prompt of {max(lengths)} tokens plus {max_new_tokens} new tokens does not fit the "
@@ -45,11 +47,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, bat
     bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        enc = encode_chat(tokenizer, [texts[i] for i in idx], return_tensors="pt", padding=True)
+        # The template and system prompt every row shares are run once (shared_prefix_inputs); generate takes the
+        # whole rows, skips the cached part and counts positions from the attention mask.
+        inputs = shared_prefix_inputs(model, [rows[i] for i in idx], tokenizer.pad_token_id)
+        prefix = torch.tensor([inputs["prefix_ids"]], dtype=torch.long).expand(len(idx), -1)
+        input_ids = torch.cat([prefix, inputs["input_ids"]], dim=1)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:]):
+            out = model.generate(input_ids=input_ids, attention_mask=inputs["attention_mask"],
+                                 past_key_values=inputs["past_key_values"], max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        for i, row in zip(idx, out[:, input_ids.shape[1]:]):
             responses[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         bar.update(len(idx))
     bar.close()
