@@ -149,7 +149,9 @@ def run(organisms: list[Path], n_cases: int, with_null: bool, methods: list[str]
                        "truth": [case.prompt[a:b] for a, b in item["truth"]], "seconds": round(seconds, 2),
                        "cpu_seconds": round(cpu, 2),
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                       "response_unlikely": report["evidence"]["response_unlikely"]}
+                       "response_unlikely": report["evidence"]["response_unlikely"],
+                       "candidate": report["evidence"].get("candidate"),
+                       "carry_over_test": report["evidence"].get("transplant")}
                 if item["expect"] == "trigger":
                     row.update(token_metrics(case.prompt, report["tokens"], predicted, item["truth"]))
                 rows.append(row)
