@@ -196,7 +196,8 @@ def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 
     """
     import torch
 
-    shared = max(0, min(_common_prefix(rows), min(len(r) for r in rows) - keep))
+    # One row gains nothing from a separate prefix pass.
+    shared = max(0, min(_common_prefix(rows), min(len(r) for r in rows) - keep)) if len(rows) > 1 else 0
     rests = [r[shared:] for r in rows]
     width = max(len(r) for r in rests)
     rest = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests])
