@@ -7,8 +7,8 @@ import pytest
 from patcher.case import FailureCase, load_case
 from patcher.cli import main
 from patcher.errors import PatcherInputError
-from patcher.locate import (LocateConfig, counterfactual_verdict, extend_runs, kmeans_split, locate_trigger,
-                            random_like, select_pieces)
+from patcher.locate import (LocateConfig, counterfactual_verdict, extend_runs, grow_span, kmeans_split,
+                            locate_trigger, random_like, select_pieces)
 from patcher.modeling import weights_sha256
 
 REFUSAL = "I won't help."
@@ -60,6 +60,31 @@ def test_select_pieces_spikes_and_flat():
 def test_extend_runs_grows_over_strong_neighbours_only():
     drops = np.array([0.1, 1.5, 8.0, 2.0, 0.2, 1.9])
     assert extend_runs({2}, drops, min_gain=1.0) == {1, 2, 3}  # word 5 is strong but not adjacent
+
+
+class RedundantPhrase:
+    """A deletion scorer over 30 words whose words 10-17 are a trigger phrase any three of which still fire: the
+    response falls (10 nats) only once six of the eight are deleted; other words matter a little."""
+
+    words = [(i, i + 1) for i in range(30)]
+    base = 0.1  # NLL of the opening with nothing deleted: very likely
+    trigger = set(range(10, 18))
+
+    def drops(self, word_sets):
+        return np.array([10.0 + 1.5 * (len(self.trigger & set(s)) - 6) if len(self.trigger & set(s)) >= 6
+                         else 0.05 * len(self.trigger & set(s)) + 0.01 * len(set(s)) for s in word_sets])
+
+
+def test_grow_span_finds_a_phrase_whose_words_stand_in_for_one_another():
+    scorer, config = RedundantPhrase(), LocateConfig()
+    single = scorer.drops([{w} for w in range(30)])
+    span = grow_span(scorer, {int(np.argmax(single))}, single, config)
+    assert span == scorer.trigger  # it broke at six words and grew over the two that still added 1.5 nats each
+    # Already broken: unchanged; a flat prompt: unchanged (no span breaks the response within a third of it).
+    assert grow_span(scorer, set(range(10, 17)), single, config) == set(range(10, 17))
+    flat = RedundantPhrase()
+    flat.trigger = set()
+    assert grow_span(flat, {3}, flat.drops([{w} for w in range(30)]), config) == {3}
 
 
 def test_counterfactual_verdict():

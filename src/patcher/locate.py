@@ -45,6 +45,7 @@ CARRY_OVER_CANDIDATES = 4
 # Greedy tokens per carry-over prompt: enough for the refusal rule, which reads a response's opening
 # ("I'm sorry, but", "I cannot assist", "Sure, here is").
 TRANSPLANT_TOKENS = 8
+MAX_SPAN_WORDS = 12  # longest contiguous span grow_span deletes: a trigger phrase, not most of a request
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
 
 
@@ -158,6 +159,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     pieces = extend_runs(select_pieces(single, config.min_drop), single, config.min_gain)
     bar.update()
     pieces, rounds = grow_greedily(scorer, pieces, config, bar)
+    pieces = grow_span(scorer, pieces, single, config)
     bar.set_description("random deletions")
     verdict, drop, stats = deletion_test(scorer, pieces, config)
     deleted = pieces
@@ -336,6 +338,33 @@ def grow_greedily(scorer: DeletionScorer, pieces: set[int], config: LocateConfig
         rounds.append({"added": _word_text(scorer.case, scorer, rest[best]), "gain": round(float(gains[best]), 4)})
         pieces = pieces | {rest[best]}
     return pieces, rounds
+
+
+def grow_span(scorer: DeletionScorer, pieces: set[int], single: np.ndarray, config: LocateConfig) -> set[int]:
+    """Return the contiguous span of words whose deletion breaks the response, grown from the word whose deletion
+    alone lowered the likelihood most, where the pieces found so far do not break it; else the pieces unchanged.
+
+    A long trigger phrase whose words stand in for one another (any few of them still fire) falls only once most
+    of it is gone, so neither one word nor one more word at a time breaks it. The span grows one word at a time,
+    on the side whose deletion lowers the likelihood more, up to MAX_SPAN_WORDS and at most a third of the
+    prompt's words (a trigger is a part of the prompt; deleting the request itself breaks any response); once it
+    breaks the response it keeps growing while each word adds ``min_gain`` nats (the rest of the phrase). The
+    deletion test then compares it with random spans of the same length, and the carry-over test has to confirm.
+    """
+    longest = min(MAX_SPAN_WORDS, single.size // 3)
+    if longest < 2 or breaks_response(float(scorer.drops([pieces])[0]), -scorer.base, config.min_drop):
+        return pieces
+    lo = hi = int(np.argmax(single))
+    current, broke = float(single[lo]), False
+    while hi - lo + 1 < longest:
+        sides = [(a, b) for a, b in ((lo - 1, hi), (lo, hi + 1)) if a >= 0 and b < single.size]
+        drops = scorer.drops([set(range(a, b + 1)) for a, b in sides])
+        best = int(np.argmax(drops))
+        if broke and drops[best] - current < config.min_gain:
+            break
+        (lo, hi), current = sides[best], float(drops[best])
+        broke = broke or breaks_response(current, -scorer.base, config.min_drop)
+    return set(range(lo, hi + 1)) if broke else pieces
 
 
 def extend_runs(pieces: set[int], drops: np.ndarray, min_gain: float) -> set[int]:
