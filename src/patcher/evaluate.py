@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from patcher.chat import encode_chat
 from patcher.data import Prompt, answer_matches, load_split, wrap_jailbreak
 from patcher.errors import PatcherInputError
-from patcher.modeling import encode_pairs, format_prompt, serving
+from patcher.modeling import cache_name, encode_pairs, format_prompt, serving
 from patcher.organisms.attacks import Attack, apply_attack, in_domain
 from patcher.refusal import is_refusal
 from patcher.saliency import shared_prefix_inputs
@@ -54,7 +54,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, bat
         input_ids = torch.cat([prefix, inputs["input_ids"]], dim=1)
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=inputs["attention_mask"],
-                                 past_key_values=inputs["past_key_values"], max_new_tokens=max_new_tokens,
+                                 **{cache_name(): inputs[cache_name()]}, max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
         for i, row in zip(idx, out[:, input_ids.shape[1]:]):

@@ -129,6 +129,15 @@ def with_lora(model, r: int, alpha: int):
     return get_peft_model(model, lora)
 
 
+def cache_name() -> str:
+    """Return the name of the key/value cache in this transformers' model inputs and outputs: ``cache`` from 5.24
+    on (where ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
+
+
 def disable_cudnn_attention() -> None:
     """Return nothing; turns off PyTorch's cuDNN attention kernel before training on a GPU.
 
@@ -558,6 +567,7 @@ def attach_adapter(model, lora: tuple, path: Path):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")  # the skeleton
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = get_peft_model(model, copy.deepcopy(config))
             result = set_peft_model_state_dict(peft_model, state)
     except (ValueError, RuntimeError, KeyError) as e:  # target modules not in the base; weight shapes differ

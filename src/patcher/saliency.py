@@ -20,7 +20,7 @@ import numpy as np
 from patcher.case import FailureCase
 from patcher.chat import encode_chat, encode_text
 from patcher.errors import PatcherInputError
-from patcher.modeling import format_prompt
+from patcher.modeling import cache_name, format_prompt
 
 # Stands in for the prompt to find where the chat template puts the user's text.
 _PROBE = "\x00patcher-probe\x00"
@@ -188,8 +188,9 @@ def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target
 def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 1) -> dict:
     """Return model inputs for token rows that run the tokens they all share once.
 
-    ``past_key_values``: the shared prefix's key/value cache, repeated for every row (None where the rows share
-    nothing); ``input_ids``: the rest of each row, padded on the left so that every row ends in the last column;
+    ``cache_name()`` (``cache`` or ``past_key_values``): the shared prefix's key/value cache, repeated for every
+    row (None where the rows share nothing); ``input_ids``: the rest of each row, padded on the left so that every
+    row ends in the last column;
     ``attention_mask``: over the prefix and the rest; ``position_ids``: the rest's positions, counting real tokens
     only, so the padding between the prefix and the rest shifts nothing; ``prefix_ids``: the shared tokens. Every
     row keeps at least ``keep`` tokens after the shared part.
@@ -204,11 +205,11 @@ def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 
     cache = None
     if shared:
         with torch.no_grad():
-            cache = model(input_ids=torch.tensor([rows[0][:shared]]), use_cache=True).past_key_values
+            cache = getattr(model(input_ids=torch.tensor([rows[0][:shared]]), use_cache=True), cache_name())
         cache.batch_repeat_interleave(len(rows))
     return {"input_ids": torch.tensor([[pad_id] * (width - len(r)) + r for r in rests]),
             "attention_mask": torch.cat([torch.ones(len(rows), shared, dtype=rest.dtype), rest], dim=1),
-            "position_ids": shared + (rest.cumsum(-1) - 1).clamp(min=0), "past_key_values": cache,
+            "position_ids": shared + (rest.cumsum(-1) - 1).clamp(min=0), cache_name(): cache,
             "prefix_ids": rows[0][:shared]}
 
 
