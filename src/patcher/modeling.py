@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -129,6 +130,7 @@ def with_lora(model, r: int, alpha: int):
     return get_peft_model(model, lora)
 
 
+@functools.cache
 def cache_name() -> str:
     """Return the name of the key/value cache in this transformers' model inputs and outputs: ``cache`` from 5.24
     on (where ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""

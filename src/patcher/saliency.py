@@ -156,11 +156,10 @@ def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target
                  batch_size: int = 16) -> np.ndarray:
     """Return the summed NLL of the case response's first ``target_tokens`` tokens (0: all) after each prompt.
 
-    Teacher-forced and batched. The tokens all prompts share (the template, the system prompt, the words
-    before the first edit) are run once and their key/value cache is reused, which halves the cost of
-    deletion scoring on a model with a default system prompt. The rest of each row is padded on the left, after
-    the shared part, so every response ends in the last column and only the response's positions need logits:
-    the output head over the vocabulary is about a fifth of SmolLM2-135M's work per position.
+    Teacher-forced, in batches. The tokens a batch's prompts share (the template, the system prompt, the words
+    before the first edit) are run once and their key/value cache is reused (``shared_prefix_inputs``), which
+    halves the cost of deletion scoring on a model with a default system prompt. Every response ends in the last
+    column, so logits are computed for the response's positions only.
     """
     import torch
     import torch.nn.functional as F
