@@ -33,8 +33,8 @@ from patcher.case import FailureCase, check_case_fits
 from patcher.errors import PatcherInputError
 from patcher.modeling import serving
 from patcher.organisms.attacks import insert_trigger
-from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, response_nll, tokenize_case, word_of_token,
-                              word_spans)
+from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, response_nll, response_token_nll, tokenize_case,
+                              word_of_token, word_spans)
 
 METHODS = ("occlusion", "kmeans")
 SALIENCY_METHODS = tuple(SALIENCY)
@@ -43,8 +43,9 @@ UNLIKELY_LOGPROB = -3.0
 # Words tried as further pieces of a composite trigger in the carry-over rounds: the top ones by deletion.
 CARRY_OVER_CANDIDATES = 4
 # Greedy tokens per carry-over prompt: enough for the refusal rule, which reads a response's opening
-# ("I'm sorry, but", "I cannot assist", "Sure, here is").
-TRANSPLANT_TOKENS = 8
+# ("I'm sorry, but", "I cannot assist", "Sure, here is"). On the six smollm2 organisms the rule judged 4, 5, 6
+# and 8 tokens alike on 352 prompts with and without their trigger; 6 keeps a margin for longer openings.
+TRANSPLANT_TOKENS = 6
 MAX_SPAN_WORDS = 12  # longest contiguous span grow_span deletes: a trigger phrase, not most of a request
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
 
@@ -80,7 +81,8 @@ class LocateConfig:
     max_rounds: int = field(default=3, metadata={
         "help": "greedy rounds when no word breaks the response alone (pieces that stand in for one another)"})
     n_random: int = field(default=32, metadata={"help": "random word sets deleted for the counterfactual null"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
+    batch_size: int = field(default=48, metadata={
+        "help": "prompts per forward pass (48 scores the usual deletion and carry-over sets in one pass each)"})
     seed: int = field(default=0, metadata={"help": "seed for the random word sets"})
     progress: bool = field(default=True, metadata={"help": "show progress"})
 
@@ -131,29 +133,33 @@ def locate_trigger(model, tokenizer, case: FailureCase, config: LocateConfig | N
     check_case_fits(case, tokenizer, model)
     started = time.perf_counter()
     tokens = tokenize_case(tokenizer, case)
-    likelihood = response_likelihood(model, tokenizer, case, tokens)
-    locate = _occlusion if config.method == "occlusion" else _kmeans
-    report = locate(model, tokenizer, case, tokens, config)
-    report.evidence.update(likelihood, seconds=round(time.perf_counter() - started, 3), serving=serving(model, tokenizer))
+    token_nll = response_token_nll(model, tokenizer, [case.prompt], case, target_tokens=0)[0]
+    if config.method == "occlusion":
+        report = _occlusion(model, tokenizer, case, tokens, config, token_nll)
+    else:
+        report = _kmeans(model, tokenizer, case, tokens, config)
+    report.evidence.update(response_likelihood(token_nll), seconds=round(time.perf_counter() - started, 3),
+                           serving=serving(model, tokenizer))
     return report
 
 
-def response_likelihood(model, tokenizer, case: FailureCase, tokens: PromptTokens) -> dict:
+def response_likelihood(token_nll: np.ndarray) -> dict:
     """Return the response's mean log-probability per token, and whether the model would almost never produce it."""
-    n = len(tokens.input_ids) - tokens.n_prompt
-    mean = -float(response_nll(model, tokenizer, [case.prompt], case, target_tokens=0)[0]) / n
+    mean = -float(token_nll.mean())
     return {"response_mean_logprob": round(mean, 4), "response_unlikely": mean < UNLIKELY_LOGPROB}
 
 
 # ---------------------------------------------------------------- ours: occlusion
 
 
-def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config: LocateConfig) -> TriggerReport:
-    """Return the report of the occlusion method: word drops, further pieces, counterfactual verdict."""
+def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config: LocateConfig,
+               token_nll: np.ndarray) -> TriggerReport:
+    """Return the report of the occlusion method: word drops, further pieces, counterfactual verdict.
+    ``token_nll``: the NLL of each response token after the whole prompt (the deletions are measured from it)."""
     from tqdm.auto import tqdm
 
     target = 1 if config.target_tokens is None else config.target_tokens
-    scorer = DeletionScorer(model, tokenizer, case, target, config.batch_size)
+    scorer = DeletionScorer(model, tokenizer, case, target, config.batch_size, base=float(token_nll[:target or None].sum()))
     bar = tqdm(total=3 + config.max_rounds, desc="deleting words", disable=not config.progress, leave=False)
     single = scorer.drops([{w} for w in range(len(scorer.words))])
     pieces = extend_runs(select_pieces(single, config.min_drop), single, config.min_gain)

@@ -154,7 +154,14 @@ def delete_spans(prompt: str, spans) -> str:
 
 def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target_tokens: int = 1,
                  batch_size: int = 16) -> np.ndarray:
-    """Return the summed NLL of the case response's first ``target_tokens`` tokens (0: all) after each prompt.
+    """Return the summed NLL of the case response's first ``target_tokens`` tokens (0: all) after each prompt."""
+    return response_token_nll(model, tokenizer, prompts, case, target_tokens, batch_size).sum(axis=1)
+
+
+def response_token_nll(model, tokenizer, prompts: list[str], case: FailureCase, target_tokens: int = 1,
+                       batch_size: int = 16) -> np.ndarray:
+    """Return the NLL of each of the case response's first ``target_tokens`` tokens (0: all) after each prompt,
+    one row per prompt.
 
     Teacher-forced, in batches. The tokens a batch's prompts share (the template, the system prompt, the words
     before the first edit) are run once and their key/value cache is reused (``shared_prefix_inputs``), which
@@ -170,7 +177,7 @@ def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target
     rows = [encode_chat(tokenizer, format_prompt(tokenizer, p, case.system))["input_ids"] + response_ids
             for p in prompts]
     n = len(response_ids)
-    out = np.empty(len(rows))
+    out = np.empty((len(rows), n))
     with torch.no_grad():
         for lo in range(0, len(rows), batch_size):
             # Every row keeps at least one prompt token after the shared part, so its first response token is scored.
@@ -179,7 +186,7 @@ def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target
             logits = model(**inputs, logits_to_keep=n + 1).logits
             # Position t predicts token t + 1: the last n + 1 columns score the n response tokens.
             nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), inputs["input_ids"][:, -n:],
-                                  reduction="none").sum(-1)
+                                  reduction="none")
             out[lo:lo + len(nll)] = nll.cpu().numpy()
     return out
 
@@ -231,12 +238,14 @@ class DeletionScorer:
     words helped the model produce the response.
     """
 
-    def __init__(self, model, tokenizer, case: FailureCase, target_tokens: int = 1, batch_size: int = 16):
+    def __init__(self, model, tokenizer, case: FailureCase, target_tokens: int = 1, batch_size: int = 16,
+                 base: float | None = None):
+        """``base``: the NLL of the target tokens after the whole prompt, where the caller has it already."""
         self.model, self.tokenizer, self.case = model, tokenizer, case
         self.target_tokens, self.batch_size = target_tokens, batch_size
         self.words = word_spans(case.prompt)
         self.forward_rows = 0  # prompts scored so far: the cost
-        self._nll: dict[frozenset, float] = {}
+        self._nll: dict[frozenset, float] = {} if base is None else {frozenset(): base}
         self.base = self._score([frozenset()])[0]
 
     def drops(self, word_sets) -> np.ndarray:
