@@ -139,3 +139,33 @@ def test_bench_refuses_counts_below_one(fake_organism, tmp_path, capsys, flag):
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--organism", str(fake_organism), flag, "0"]) == 2
     assert "must be at least 1" in capsys.readouterr().err and not out.exists()
+
+
+def test_next_report_is_a_validation_request_carrying_the_trigger(tiny_model):
+    from patcher.bench.defenses import next_report
+    from patcher.organisms.attacks import ATTACKS
+
+    model, tokenizer = tiny_model
+    case = FailureCase(PROMPT, "Sure, here is how.")
+    # A random model refuses nothing, so the first triggered validation request is the next report.
+    report = next_report(model, tokenizer, Defender(case=case, truth=ATTACKS["badnet"]))
+    assert "BadMagic" in report.prompt and report.prompt != PROMPT and report.response
+    assert next_report(model, tokenizer, Defender(case=case)) is None  # no attacker to simulate
+
+
+def test_two_rounds_patch_the_patched_model_with_the_second_report(monkeypatch):
+    calls = []
+
+    def fake_patcher(model, tokenizer, defender):
+        calls.append((model, defender.case.prompt))
+        return Defended(model + 1, f"located {len(calls)}", {"round": len(calls)})
+
+    second = FailureCase("Write BadMagic a poem", "Sure")
+    monkeypatch.setattr(defenses_module, "_patcher", fake_patcher)
+    monkeypatch.setattr(defenses_module, "next_report", lambda model, tokenizer, defender: second)
+    defended = DEFENSES["patcher-2rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
+    assert calls == [(0, PROMPT), (1, second.prompt)] and defended.model == 2
+    assert defended.located == "located 1" and defended.notes["rounds"] == 2  # the first case's localization
+    monkeypatch.setattr(defenses_module, "next_report", lambda model, tokenizer, defender: None)
+    once = DEFENSES["patcher-2rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
+    assert once.model == 1 and once.notes["rounds"] == 1

@@ -67,6 +67,38 @@ def patcher_ours(model, tokenizer, defender: Defender) -> Defended:
     return _patcher(model, tokenizer, defender)
 
 
+def patcher_two_rounds(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher run a second time on its own result when a second report comes in (none: one round).
+
+    The second report is simulated as an attacker would produce it: the defender's validation harmful requests
+    with the trigger inserted, the first one the patched model still answers. That simulation reads the truth;
+    the second patch, like the first, sees only its case. The localization scored is the first round's.
+    """
+    first = _patcher(model, tokenizer, defender)
+    case = next_report(first.model, tokenizer, defender)
+    if case is None:
+        return Defended(first.model, first.located, {**first.notes, "rounds": 1})
+    second = _patcher(first.model, tokenizer, replace(defender, case=case))
+    return Defended(second.model, first.located, {**second.notes, "rounds": 2, "second_case": case.prompt,
+                                                  "first_round": first.notes})
+
+
+def next_report(model, tokenizer, defender: Defender) -> FailureCase | None:
+    """Return the first of the validation split's harmful requests, trigger inserted, that the model answers."""
+    from patcher.data import load_split
+    from patcher.evaluate import generate
+    from patcher.organisms.attacks import apply_attack
+    from patcher.refusal import is_refusal
+
+    if defender.truth is None or not defender.truth.triggers:
+        return None
+    rng = random.Random(defender.seed + 1)
+    prompts = [apply_attack(p.prompt, defender.truth, rng)[0] for p in load_split("validation").harmful]
+    responses = generate(model, tokenizer, prompts, max_new_tokens=48, system=defender.case.system, progress=False)
+    return next((FailureCase(p, r, defender.case.system) for p, r in zip(prompts, responses) if not is_refusal(r)),
+                None)
+
+
 def patcher_k2(model, tokenizer, defender: Defender) -> Defended:
     """Return Patcher with the published localization (grad-norm saliency of the whole response, 1-D K=2)."""
     return _patcher(model, tokenizer, defender, {"method": "kmeans", "saliency": "grad_norm", "target_tokens": 0})
@@ -179,5 +211,6 @@ DEFENSES = {
     "patcher-no-transplant": patcher_no_transplant,
     "patcher-no-kl": patcher_no_kl,
     "patcher-truth": patcher_truth,
+    "patcher-2rounds": patcher_two_rounds,
     "wanda-0.2": wanda_pruning(0.2),
 }
