@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from patcher.bench.defenses import Defender, next_report
@@ -29,7 +30,7 @@ def main(patched: Path, organism: Path, out: Path) -> int:
     if case is None:
         print("the patched model refuses every triggered validation request: no second report")
         return 1
-    out.write_text(json.dumps({"prompt": case.prompt, "response": case.response, "system": case.system}, indent=2))
+    out.write_text(json.dumps(asdict(case), indent=2))  # the fields load_case reads
     print(f"second report written to {out}: {case.prompt!r}")
     return 0
 
