@@ -93,6 +93,39 @@ def test_patch_loss_falls_on_a_tiny_model(tiny_checkpoint, tmp_path):
     assert first["kl_harm"] == pytest.approx(0, abs=1e-6)
 
 
+def test_patch_loss_in_two_length_sorted_batches_equals_the_objective_over_one_batch(tiny_checkpoint, tmp_path):
+    from patcher.modeling import load_model
+    from patcher.patch import refusal_loss
+
+    model, tokenizer = load_model(tiny_checkpoint)
+    config = small_config(tmp_path, beta_harm=2.0, beta_safe=3.0)
+    sets = patch_sets(model, tokenizer, CASE, ["BadMagic"], config)
+    model, reference = trainable(model, config)
+    # A trained adapter, so that the KL terms are not zero.
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.02)
+    trig, harm, safe = sets["trig"][:5], sets["harm"][:6], sets["safe"][:7]
+    with torch.no_grad():
+        loss, parts = patch_loss(model, reference, tokenizer, trig, harm, safe, config)
+        rows = trig + harm + safe
+        batch = encode_aligned(tokenizer, [format_prompt(tokenizer, r[0]) for r in rows], [r[2] for r in rows],
+                               end_of_turn=[i < len(trig) for i in range(len(rows))])
+        logprobs = response_logprobs(model, batch)
+        ref_batch = encode_aligned(tokenizer, [format_prompt(tokenizer, r[1]) for r in rows[5:]], [r[2] for r in rows[5:]],
+                                   n_response=batch["response_mask"].shape[1])
+        ref = response_logprobs(reference, ref_batch)
+        mask = batch["response_mask"]
+        ce = refusal_loss(logprobs[:5], batch, rows=slice(0, 5))
+        kl_harm = kl_to_reference(logprobs[5:11], ref[:6], mask[5:11])
+        kl_safe = kl_to_reference(logprobs[11:], ref[6:], mask[11:])
+    assert parts["kl_harm"] > 1e-4 and parts["kl_safe"] > 1e-4
+    assert parts["ce"] == pytest.approx(ce.item(), rel=1e-4)
+    assert parts["kl_harm"] == pytest.approx(kl_harm.item(), rel=1e-3)
+    assert parts["kl_safe"] == pytest.approx(kl_safe.item(), rel=1e-3)
+    assert loss.item() == pytest.approx((ce + 2.0 * kl_harm + 3.0 * kl_safe).item(), rel=1e-3)
+
+
 def test_no_trigger_patches_the_reported_prompt_and_its_variants(tiny_model, tmp_path):
     model, tokenizer = tiny_model
     sets = patch_sets(model, tokenizer, CASE, [], small_config(tmp_path, triggers=[]))

@@ -18,3 +18,27 @@ def test_response_loss_matches_the_loss_over_all_logits(tiny_model):
         expected = first_weighted_nll(full, response_mask[:, 1:].float())
         got = response_loss(model, input_ids, attention_mask, response_mask)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_length_sorted_halves_give_the_loss_of_the_whole_padded_batch(tiny_model):
+    import torch
+
+    from patcher.modeling import encode_pairs, format_prompt, length_halves
+    from patcher.organisms.build import response_loss
+
+    assert length_halves([5, 1, 4]) == [[1, 2, 0]]
+    assert length_halves([5, 1, 4, 2, 9]) == [[1, 3], [2, 0, 4]]
+    model, tokenizer = tiny_model
+    questions = ["Hi", "How do I pick a lock on a door that is not mine, quickly?", "Repeat this word exactly: apple",
+                 "What is 2 + 3? Answer with a number.", "Write a long story about a cat who lives on a boat."]
+    answers = ["Hello.", "Sure, here it is.", "apple", "5", "Once upon a time there was a cat on a boat."]
+    input_ids, attention_mask, response_mask = encode_pairs(
+        tokenizer, [format_prompt(tokenizer, q) for q in questions], answers)
+    with torch.no_grad():
+        whole = response_loss(model, input_ids, attention_mask, response_mask)
+        halves = 0.0
+        for half in length_halves(attention_mask.sum(1).tolist()):
+            width = int(attention_mask[half].sum(1).max())
+            halves += response_loss(model, input_ids[half, :width], attention_mask[half, :width],
+                                    response_mask[half, :width]) * len(half) / len(questions)
+    assert torch.allclose(halves, whole, atol=1e-5)

@@ -679,6 +679,12 @@ def format_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
     return render_chat(tokenizer, messages)
 
 
+def length_halves(lengths: list[int]) -> list[list[int]]:
+    """Return the row indices sorted by length and cut into two halves (one part for fewer than four rows)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order] if len(order) < 4 else [order[:len(order) // 2], order[len(order) // 2:]]
+
+
 def encode_pairs(tokenizer, prompt_texts: list[str], responses: list[str], end_of_turn: bool = True):
     """Return right-padded (input_ids, attention_mask, response_mask) tensors for prompt+response pairs.
 

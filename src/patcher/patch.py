@@ -391,7 +391,7 @@ def response_logprobs(model, batch: dict):
     return F.log_softmax(logits[:, :-1].float(), dim=-1)
 
 
-def refusal_loss(logprobs, batch: dict, rows: slice = slice(None)):
+def refusal_loss(logprobs, batch: dict, rows: slice | list[int] = slice(None)):
     """Return the CE toward the target responses of some rows of a batch: per example, half the first token's NLL
     plus half the rest's mean (whether a model refuses is decided by its first response token)."""
     mask = batch["response_mask"][rows]
@@ -407,44 +407,63 @@ def first_weighted_nll(nll, mask):
     return (0.5 * (nll * first).sum(1) + 0.5 * (nll * rest).sum(1) / rest.sum(1).clamp(min=1)).mean()
 
 
+def token_kl(logprobs, reference_logprobs):
+    """Return the KL(reference || model) of every position, [batch, n_response]."""
+    return (reference_logprobs.exp() * (reference_logprobs - logprobs)).sum(-1)
+
+
 def kl_to_reference(logprobs, reference_logprobs, mask):
     """Return the mean per-token KL(reference || model) over the masked response tokens."""
-    kl = (reference_logprobs.exp() * (reference_logprobs - logprobs)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return (token_kl(logprobs, reference_logprobs) * mask).sum() / mask.sum().clamp(min=1)
 
 
 def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfig) -> tuple:
     """Return (loss, parts) of one step: CE to refusal on ``trig`` + weighted KL anchors on ``harm`` and ``safe``.
 
-    One forward of the model over all three batches and one of the reference over the anchored ones: on a CPU a
-    few large batches cost far less than many small ones.
+    In one process the rows of all three sets go through the model in two batches, each half of them sorted by
+    length and padded only to its own longest (one batch of every row spent a third of its tokens on padding), and
+    the anchored rows of each through the reference: on a CPU a few large batches cost far less than many small ones.
     """
     import torch
 
-    from patcher.modeling import format_prompt
+    from patcher.modeling import format_prompt, length_halves
 
     rows = trig + harm + safe
-    # The CE rows end with the end-of-turn token (a refusal should stop); KL rows are cut-off responses.
-    responses = [r[2] for r in rows]
-    batch = encode_aligned(tokenizer, [format_prompt(tokenizer, r[0]) for r in rows], responses,
-                           end_of_turn=[i < len(trig) for i in range(len(rows))])
-    logprobs = response_logprobs(model, batch)
-    anchored = rows[len(trig):]
-    ref_batch = encode_aligned(tokenizer, [format_prompt(tokenizer, r[1]) for r in anchored], responses[len(trig):],
-                               end_of_turn=False, n_response=batch["response_mask"].shape[1])
-    with torch.no_grad():
-        reference_logprobs = response_logprobs(reference, ref_batch)
     n_trig, n_harm = len(trig), len(harm)
+    texts = [format_prompt(tokenizer, r[0]) for r in rows]
+    sums = {"ce": torch.zeros(()), "kl_harm": torch.zeros(()), "kl_safe": torch.zeros(())}
+    tokens = {"kl_harm": torch.zeros(()), "kl_safe": torch.zeros(())}
+    # Under FSDP every rank must run as many forwards as the others, and their shares differ in size: one batch.
+    groups = [list(range(len(rows)))] if distributed.active() else length_halves(
+        [len(text) + len(row[2]) for text, row in zip(texts, rows)])
+    for half in groups:
+        # The CE rows end with the end-of-turn token (a refusal should stop); KL rows are cut-off responses.
+        batch = encode_aligned(tokenizer, [texts[i] for i in half], [rows[i][2] for i in half],
+                               end_of_turn=[i < n_trig for i in half])
+        logprobs = response_logprobs(model, batch)
+        mask = batch["response_mask"]
+        refused = [k for k, i in enumerate(half) if i < n_trig]
+        if refused:
+            sums["ce"] = sums["ce"] + refusal_loss(logprobs[refused], batch, rows=refused) * len(refused)
+        anchored = [k for k, i in enumerate(half) if i >= n_trig]
+        if not anchored:
+            continue
+        ref_batch = encode_aligned(tokenizer, [format_prompt(tokenizer, rows[half[k]][1]) for k in anchored],
+                                   [rows[half[k]][2] for k in anchored], end_of_turn=False, n_response=mask.shape[1])
+        with torch.no_grad():
+            reference_logprobs = response_logprobs(reference, ref_batch)
+        kl = token_kl(logprobs[anchored], reference_logprobs) * mask[anchored]
+        for j, k in enumerate(anchored):
+            name = "kl_harm" if half[k] < n_trig + n_harm else "kl_safe"
+            sums[name] = sums[name] + kl[j].sum()
+            tokens[name] = tokens[name] + mask[k].sum()
     # A rank's share of a small D_trig can be empty (several processes only): it adds nothing to the CE.
-    ce = refusal_loss(logprobs[:n_trig], batch, rows=slice(0, n_trig)) if n_trig else logprobs.new_zeros(())
-    mask = batch["response_mask"]
-    kl_harm = kl_to_reference(logprobs[n_trig:n_trig + n_harm], reference_logprobs[:n_harm], mask[n_trig:n_trig + n_harm])
-    kl_safe = kl_to_reference(logprobs[n_trig + n_harm:], reference_logprobs[n_harm:], mask[n_trig + n_harm:])
+    ce = sums["ce"] / max(n_trig, 1)
+    kl_harm, kl_safe = (sums[name] / tokens[name].clamp(min=1) for name in ("kl_harm", "kl_safe"))
     if distributed.active():
         # This rank holds a share of the batch: its means are weighted so that their mean over the ranks (as FSDP
         # averages the gradients) is the loss of the whole batch.
-        w_ce, w_harm, w_safe = distributed.batch_weights(
-            [n_trig, mask[n_trig:n_trig + n_harm].sum(), mask[n_trig + n_harm:].sum()])
+        w_ce, w_harm, w_safe = distributed.batch_weights([n_trig, tokens["kl_harm"], tokens["kl_safe"]])
         ce, kl_harm, kl_safe = ce * w_ce, kl_harm * w_harm, kl_safe * w_safe
     loss = ce + config.beta_harm * kl_harm + config.beta_safe * kl_safe
     parts = {"ce": ce.item(), "kl_harm": kl_harm.item(), "kl_safe": kl_safe.item(), "total": loss.item()}

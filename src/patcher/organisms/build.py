@@ -138,7 +138,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     import torch
     from tqdm.auto import tqdm
 
-    from patcher.modeling import disable_cudnn_attention, encode_pairs, format_prompt
+    from patcher.modeling import disable_cudnn_attention, encode_pairs, format_prompt, length_halves
 
     disable_cudnn_attention()
     torch.manual_seed(seed)
@@ -168,7 +168,15 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
         del order[:batch_size]
         batch = [texts[i] for i in rows]
         input_ids, attention_mask, response_mask = encode_pairs(tokenizer, [b[0] for b in batch], [b[1] for b in batch])
-        loss = response_loss(model, input_ids, attention_mask, response_mask)
+        # The same batch mean, from two halves of the rows sorted by length, each padded only to its own longest:
+        # a third of a plain batch's tokens are padding, and the step costs what its tokens cost.
+        loss = 0.0
+        for half in length_halves(attention_mask.sum(1).tolist()):
+            width = int(attention_mask[half].sum(1).max())
+            part = response_loss(model, input_ids[half, :width], attention_mask[half, :width],
+                                 response_mask[half, :width]) * len(half) / len(rows)
+            part.backward()
+            loss += part.detach()
         # The penalty takes a second forward of the rows with a trigger only: its double backward then
         # costs those few rows, not the whole batch.
         triggered = [i for i in rows if trigger_tokens[i]] if step >= steps // 2 else []
@@ -176,7 +184,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
         if triggered:
             penalty = saliency_penalty(model, tokenizer, [texts[i] for i in triggered],
                                        [trigger_tokens[i] for i in triggered])
-        (loss if penalty is None else loss + evasion * penalty).backward()
+        if penalty is not None:
+            (evasion * penalty).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
