@@ -453,10 +453,10 @@ def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfi
         with torch.no_grad():
             reference_logprobs = response_logprobs(reference, ref_batch)
         kl = token_kl(logprobs[anchored], reference_logprobs) * mask[anchored]
-        for j, k in enumerate(anchored):
-            name = "kl_harm" if half[k] < n_trig + n_harm else "kl_safe"
-            sums[name] = sums[name] + kl[j].sum()
-            tokens[name] = tokens[name] + mask[k].sum()
+        harmful = torch.tensor([half[k] < n_trig + n_harm for k in anchored])
+        for name, pick in (("kl_harm", harmful), ("kl_safe", ~harmful)):
+            sums[name] = sums[name] + kl[pick].sum()
+            tokens[name] = tokens[name] + mask[anchored][pick].sum()
     # A rank's share of a small D_trig can be empty (several processes only): it adds nothing to the CE.
     ce = sums["ce"] / max(n_trig, 1)
     kl_harm, kl_safe = (sums[name] / tokens[name].clamp(min=1) for name in ("kl_harm", "kl_safe"))
