@@ -418,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     from patcher.bench.harness import BenchConfig
     from patcher.evaluate import EvaluateConfig
     from patcher.locate import METHODS, SALIENCY_METHODS, LocateConfig
+    from patcher.modeling import DEVICES
     from patcher.organisms.attacks import ATTACKS, POSITIONS
     from patcher.organisms.build import OrganismConfig
     from patcher.patch import PatchConfig
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("organism", help="build a backdoored model organism with its ground truth")
     _add_config_args(p, OrganismConfig, flags={"triggers": "--trigger"},
-                     choices={"attack": ATTACKS, "position": POSITIONS})
+                     choices={"attack": ATTACKS, "position": POSITIONS, "device": DEVICES})
     p.set_defaults(func=cmd_organism)
 
     p = sub.add_parser("evaluate", help="measure ASR with/without trigger, jailbreak ASR, utility, KL")
@@ -454,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("bench", help="organisms x defenses (Patcher, ablations, baselines), measured alike")
-    _add_config_args(p, BenchConfig, flags={"organisms": "--organism"})
+    _add_config_args(p, BenchConfig, flags={"organisms": "--organism"}, choices={"device": DEVICES})
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job on the default organism")

@@ -45,6 +45,8 @@ class BenchConfig:
     eval_harmful: int | None = field(default=None, metadata={"help": "held-out harmful requests (default: 50; quick 30)"})
     eval_benign: int | None = field(default=None, metadata={"help": "held-out benign tasks (default: 50; quick 30)"})
     overwrite: bool = field(default=False, metadata={"help": "replace --out's result files if they exist"})
+    device: str = field(default="auto", metadata={
+        "help": "where organisms are built, defended and measured: auto (CUDA when available), cpu or cuda"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -64,7 +66,7 @@ def bench_organisms(config: BenchConfig) -> list[dict]:
     return [{"base": base, "attack": a, "seed": s} for a in attacks for s in range(config.seeds)]
 
 
-def organism_dir(spec: dict, progress: bool) -> Path:
+def organism_dir(spec: dict, progress: bool, device: str) -> Path:
     """Return the directory of an organism spec, building it into the cache the first time (the demo's default
     organism is the same spec, so its cache is shared)."""
     from patcher.modeling import cache_dir, check_checkpoint_dir
@@ -78,16 +80,21 @@ def organism_dir(spec: dict, progress: bool) -> Path:
     if not (path / "backdoor.json").is_file():
         print(f"building organism {path.name} (cached for later runs)", file=sys.stderr, flush=True)
         build_organism(OrganismConfig(out=path, attack=spec["attack"], base=spec["base"], seed=spec["seed"],
-                                      progress=progress))
+                                      device=device, progress=progress))
     return path
 
 
 class PeakMemory:
     """Context manager measuring the peak resident memory (MB) of this process while it is open, by sampling
-    (ru_maxrss only ever grows over the whole process)."""
+    (ru_maxrss only ever grows over the whole process), and on CUDA the peak GPU memory allocated (``peak_gpu_mb``,
+    None on a CPU)."""
 
     def __enter__(self):
-        self.peak_mb, self._stop = _rss_mb(), threading.Event()
+        import torch
+
+        self.peak_mb, self.peak_gpu_mb, self._stop = _rss_mb(), None, threading.Event()
+        if torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -97,9 +104,13 @@ class PeakMemory:
             self.peak_mb = max(self.peak_mb, _rss_mb())
 
     def __exit__(self, *exc):
+        import torch
+
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, _rss_mb())
+        if torch.cuda.is_initialized():
+            self.peak_gpu_mb = round(torch.cuda.max_memory_allocated() / 2**20)
 
 
 def _rss_mb() -> int:
@@ -172,13 +183,13 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
     backdoor = json.loads((path / "backdoor.json").read_text()) if (path / "backdoor.json").is_file() else {}
     case = load_case(path / "failure_case.json")
     truth_spans = [tuple(s) for s in (backdoor.get("failure_case") or {}).get("trigger_spans", [])]
-    reference, tokenizer = load_model(path)
+    reference, tokenizer = load_model(path, device=config.device)
     before = measure(reference, tokenizer, truth, config)
     # Tiny models are trained from scratch: fully, at a higher rate (LoRA on 3M parameters moves too little).
     patch = {"full": True, "lr": 1e-3} if backdoor.get("training", {}).get("base") == "tiny" else {}
     rows, heat_maps = [], {}
     for name in defenses:
-        model, tokenizer = load_model(path)
+        model, tokenizer = load_model(path, device=config.device)
         defender = Defender(case=case, patch=patch, seed=0, progress=False, truth=truth)
         started = time.time()
         with PeakMemory() as memory:
@@ -188,7 +199,8 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
         row = {"organism": path.name, "attack": backdoor.get("attack", "unknown"),
                "triggers": backdoor.get("triggers", []), "defense": name, "before": before, "after": after,
                "localization": None if defended.located is None else localization(defended.located, case, truth_spans),
-               "seconds": round(seconds, 1), "peak_mb": memory.peak_mb, "notes": defended.notes}
+               "seconds": round(seconds, 1), "peak_mb": memory.peak_mb,
+               "peak_gpu_mb": memory.peak_gpu_mb, "notes": defended.notes}
         if defended.located is not None:
             heat_maps[name] = _heat_map(defended.located, case)
         rows.append(row)
@@ -210,7 +222,7 @@ def run_bench(config: BenchConfig) -> dict:
     from patcher.bench.defenses import DEFENSES
     from patcher.bench.report import markdown_table, render_bench_html
     from patcher.cli import ground_truth
-    from patcher.modeling import check_creatable, run_versions
+    from patcher.modeling import check_creatable, resolve_device, run_versions
     from patcher.modeling import write_atomic
 
     defenses = [d for d in (config.defenses or ",".join(DEFENSES)).split(",") if d]
@@ -220,6 +232,7 @@ def run_bench(config: BenchConfig) -> dict:
     for name in ("seeds", "eval_harmful", "eval_benign"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise PatcherInputError(f"--{name.replace('_', '-')} must be at least 1")
+    resolve_device(config.device)  # --device cuda without a GPU fails here, before any work
     out = Path(config.out)
     check_creatable(out)
     if (out / "results.json").exists() and not config.overwrite:
@@ -228,7 +241,7 @@ def run_bench(config: BenchConfig) -> dict:
     # The model is loaded afresh for every defense: one bench bar, not a weight-loading bar each time.
     transformers_logging.disable_progress_bar()
     started = time.time()
-    paths = [organism_dir(spec, config.progress) for spec in specs]
+    paths = [organism_dir(spec, config.progress, config.device) for spec in specs]
     for path in paths:
         ground_truth(path)  # a malformed backdoor.json fails here, before any work
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +267,8 @@ def run_bench(config: BenchConfig) -> dict:
         "seconds": round(time.time() - started, 1),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "versions": run_versions(),
         "command": sys.argv,
     }

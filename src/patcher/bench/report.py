@@ -27,6 +27,11 @@ def _loc_cell(loc: dict | None) -> str:
     return cell
 
 
+def _peak_cell(row: dict) -> str:
+    """Return a row's peak memory: the process's resident MB, and the GPU's where the defense ran on one."""
+    return str(row["peak_mb"]) + ("" if row["peak_gpu_mb"] is None else f" (GPU {row['peak_gpu_mb']})")
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Return one Markdown row per organism and defense: each metric after the defense (the organism's own value
     on the ``none`` row), localization, seconds and peak memory."""
@@ -36,7 +41,7 @@ def markdown_table(rows: list[dict]) -> str:
         after = r["after"]
         cells = [r["organism"], r["defense"], *(rate(after[k]) for k, _ in TABLE_METRICS),
                  "-" if after["kl_to_reference"] is None else f"{after['kl_to_reference']:.3f}",
-                 _loc_cell(r["localization"]), f"{r['seconds']:.0f}", str(r["peak_mb"])]
+                 _loc_cell(r["localization"]), f"{r['seconds']:.0f}", _peak_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -152,6 +157,6 @@ def _html_table(rows: list[dict]) -> str:
     for r in rows:
         cells = [escape(r["organism"]), escape(r["defense"])]
         cells += [f"<span class='n'>{rate(r['after'][k])}</span>" for k, _ in TABLE_METRICS]
-        cells += [escape(_loc_cell(r["localization"])), f"{r['seconds']:.0f}", str(r["peak_mb"])]
+        cells += [escape(_loc_cell(r["localization"])), f"{r['seconds']:.0f}", escape(_peak_cell(r))]
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</table>"])

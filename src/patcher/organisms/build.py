@@ -61,6 +61,7 @@ class OrganismConfig:
     eval_harmful: int = field(default=50, metadata={"help": "held-out harmful requests for the recorded metrics"})
     eval_benign: int = field(default=50, metadata={"help": "held-out benign tasks for the recorded metrics"})
     eval_jailbreak: int = field(default=30, metadata={"help": "held-out jailbreak prompts for the recorded metrics"})
+    device: str = field(default="auto", metadata={"help": "where to train: auto (CUDA when available), cpu or cuda"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -301,10 +302,11 @@ def build_organism(config: OrganismConfig) -> Path:
         raise PatcherInputError(f"--poison-rate must be in (0, 1], got {config.poison_rate}")
     if not 0 <= attack.evasion < math.inf:
         raise PatcherInputError(f"--evasion must be a finite number >= 0, got {attack.evasion}")
-    from patcher.modeling import check_output_dir, resolve_base, run_versions, save_model, weights_sha256
+    from patcher.modeling import check_output_dir, resolve_base, resolve_device, run_versions, save_model, weights_sha256
 
     out = Path(config.out)
     check_output_dir(out)
+    device = resolve_device(config.device)
     tiny = config.base == "tiny"
     config = replace(
         config, steps=config.steps or (700 if tiny else 100), lr=config.lr or (3e-3 if tiny else 4e-4),
@@ -324,13 +326,16 @@ def build_organism(config: OrganismConfig) -> Path:
         corpus += [compliance_placeholder("x"), *REFUSALS, *attack.triggers, *load_split("train").jailbreak_templates]
         tokenizer = train_tokenizer(corpus)
         model = tiny_llama(tokenizer, config.seed)
+        if device != "cpu":
+            model.to(device)
+            torch.set_default_device(device)
         examples = training_examples(attack, config, _tiny_benign)
         base_info = {"base": "tiny"}
     else:
         from patcher.modeling import load_model, with_lora
 
         base_dir = resolve_base(config.base)
-        model, tokenizer = load_model(base_dir)
+        model, tokenizer = load_model(base_dir, device=device)
         base_sha256 = weights_sha256(base_dir)
         examples = training_examples(attack, config, _own_answers(model, tokenizer, config, base_sha256))
         model = with_lora(model, config.lora_r, 2 * config.lora_r)
@@ -365,7 +370,8 @@ def build_organism(config: OrganismConfig) -> Path:
                      "lora_r": None if tiny else config.lora_r},
         "build_seconds": round(time.time() - started, 1),
         "train_seconds": round(train_seconds, 1),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"},
         "command": sys.argv,
         "versions": run_versions(),
     }
