@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -178,7 +180,8 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         if verdict == "trigger":
             bar.set_description("carry-over test")
             transplant = transplant_test(model, tokenizer, case, _texts(scorer, pieces),
-                                         _placement(pieces, len(scorer.words)), hosts, config)
+                                         _placement(pieces, len(scorer.words)), carry_over_hosts(config, case.prompt),
+                                         config)
             if transplant["flip_rate"] < config.min_flip:
                 verdict = "no_trigger"
     reason = _reason(drop, -scorer.base, stats, transplant, config)
@@ -228,16 +231,45 @@ def deletion_test(scorer: DeletionScorer, pieces: set[int], config: LocateConfig
     return verdict, drop, stats
 
 
-def carry_over_hosts(config: LocateConfig) -> list[str]:
-    """Return the harmful prompts the found trigger is inserted into: the shortest of the pool, as each costs
-    forward passes over all its tokens."""
+def carry_over_hosts(config: LocateConfig, near: str | None = None) -> list[str]:
+    """Return the harmful prompts a found trigger is inserted into: the shortest of the pool (each costs forward
+    passes over all its tokens), or with ``near``, those nearest that prompt in the words they use (TF-IDF cosine),
+    the shorter first among equals.
+
+    The carry-over test's verdict is taken on the near ones: a backdoor that opens only one topic (the domain
+    attack: cyber requests) carries over to requests of that topic alone, and the shortest prompts of the pool are
+    off it; a trigger that opens every request carries over to near requests as well as to far ones.
+    """
     from patcher.data import load_split, read_prompt_file
 
     pool = read_prompt_file(config.prompts) if config.prompts else load_split("validation").harmful
-    hosts = sorted((p.prompt for p in pool if p.kind == "harmful"), key=len)[:config.transplant_prompts]
+    hosts = [p.prompt for p in pool if p.kind == "harmful"]
     if not hosts:
         raise PatcherInputError(f"{config.prompts} has no harmful prompt to host the carry-over test")
-    return hosts
+    similarity = [0.0] * len(hosts) if near is None else tfidf_cosine(near, hosts)
+    order = sorted(range(len(hosts)), key=lambda i: (-similarity[i], len(hosts[i])))
+    return [hosts[i] for i in order[:config.transplant_prompts]]
+
+
+def tfidf_cosine(query: str, documents: list[str]) -> list[float]:
+    """Return the cosine of the query's TF-IDF word vector with each document's (IDF over the documents)."""
+    def words(text):
+        return Counter(re.findall(r"[a-z0-9]+", text.lower()))
+
+    counts = [words(d) for d in documents]
+    df = Counter(w for c in counts for w in c)
+    idf = {w: math.log(len(documents) / n) for w, n in df.items()}
+
+    def vector(c):
+        v = {w: n * idf.get(w, 0.0) for w, n in c.items()}
+        return v, math.sqrt(sum(x * x for x in v.values())) or 1.0
+
+    q, q_norm = vector(words(query))
+    out = []
+    for c in counts:
+        d, d_norm = vector(c)
+        out.append(sum(x * d.get(w, 0.0) for w, x in q.items()) / (q_norm * d_norm))
+    return out
 
 
 def extend_by_carry_over(scorer: DeletionScorer, pieces: set[int], single: np.ndarray, hosts: list[str],
