@@ -7,8 +7,8 @@ import pytest
 from patcher.case import FailureCase, load_case
 from patcher.cli import main
 from patcher.errors import PatcherInputError
-from patcher.locate import (LocateConfig, carry_over_hosts, counterfactual_verdict, extend_runs, grow_span,
-                            kmeans_split, locate_trigger, random_like, select_pieces, tfidf_cosine)
+from patcher.locate import (LocateConfig, carry_over_hosts, counterfactual_verdict, extend_runs, gap_words,
+                            grow_span, kmeans_split, locate_trigger, random_like, select_pieces, tfidf_cosine)
 from patcher.modeling import weights_sha256
 
 REFUSAL = "I won't help."
@@ -118,6 +118,12 @@ def test_random_like_keeps_the_shape_and_avoids_the_pieces():
         assert len(s) == 3 and not s & set(pieces)
         assert any(w + 1 in s for w in s)  # one run of two adjacent words
     assert random_like([0, 1], n_words=2, n=5, rng=random.Random(0)) == []
+
+
+def test_gap_words_fill_short_gaps_between_runs_only():
+    assert gap_words({1, 3, 4, 8}, max_gap=2) == {2}  # 4 -> 8 leaves three words: too far to be one phrase
+    assert gap_words({0, 3, 6}, max_gap=2) == {1, 2, 4, 5}
+    assert gap_words({5}, max_gap=2) == set() and gap_words({2, 3}, max_gap=2) == set()
 
 
 def test_tfidf_cosine_ranks_shared_rare_words_above_shared_common_ones():

@@ -49,6 +49,7 @@ CARRY_OVER_CANDIDATES = 4
 # and 8 tokens alike on 352 prompts with and without their trigger; 6 keeps a margin for longer openings.
 TRANSPLANT_TOKENS = 6
 MAX_SPAN_WORDS = 12  # longest contiguous span grow_span deletes: a trigger phrase, not most of a request
+MAX_GAP_WORDS = 2  # words between two pieces that bridge_gaps tries as part of one phrase
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
 
 
@@ -171,11 +172,12 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     bar.set_description("random deletions")
     verdict, drop, stats = deletion_test(scorer, pieces, config)
     deleted = pieces
-    carry_over = transplant = None
+    carry_over = bridged = transplant = None
     if config.transplant_prompts and verdict == "trigger":
         hosts = carry_over_hosts(config)
         bar.set_description("carry-over pieces")
         pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts, config)
+        pieces, bridged = bridge_gaps(scorer, pieces, hosts, config)
         # The behavioural test costs generation, so it only confirms a candidate the deletion test accepts.
         if verdict == "trigger":
             bar.set_description("carry-over test")
@@ -212,6 +214,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         "z_min": config.z_min,
         "rounds": rounds,
         "carry_over_gains": carry_over,
+        "bridged": bridged,
         "min_lift": config.min_lift,
         "transplant": transplant,
         "min_flip": config.min_flip,
@@ -290,6 +293,32 @@ def extend_by_carry_over(scorer: DeletionScorer, pieces: set[int], single: np.nd
     gains = {c: float(g) for c, g in zip(candidates, odds[1:] - odds[0])}
     added = {c for c, g in gains.items() if g >= config.min_lift}
     return pieces | added, {_word_text(scorer.case, scorer, c): round(g, 4) for c, g in gains.items()}
+
+
+def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], config: LocateConfig
+                ) -> tuple[set[int], dict | None]:
+    """Return the pieces with the words between close pieces (at most MAX_GAP_WORDS apart) filled in, where the
+    filled phrase carries over better by ``min_lift`` nats of log-odds, and the lift (None: no gap to try).
+
+    A trigger phrase of ordinary words (``as I was telling my friend the other day``) shows only some of its words
+    by deletion and carry-over gain (``I``, ``telling``, ``friend``, ``the``); inserted apart into other prompts
+    they fire nothing, while the stretch they span, in its order, does. Pieces of a composite trigger that
+    happen to lie close are not bridged: apart, they carry over as well.
+    """
+    gaps = gap_words(pieces, MAX_GAP_WORDS)
+    if not gaps:
+        return pieces, None
+    odds = _carry_over_odds(scorer, [pieces, pieces | gaps], hosts, config)
+    lift = float(odds[1] - odds[0])
+    bridged = lift >= config.min_lift
+    return (pieces | gaps if bridged else pieces), {"words": [_word_text(scorer.case, scorer, w) for w in sorted(gaps)],
+                                                    "lift": round(lift, 4), "bridged": bridged}
+
+
+def gap_words(pieces: set[int], max_gap: int) -> set[int]:
+    """Return the words between consecutive runs of pieces that lie at most ``max_gap`` words apart."""
+    runs = _runs(sorted(pieces))
+    return {w for a, b in zip(runs, runs[1:]) if b[0] - a[-1] - 1 <= max_gap for w in range(a[-1] + 1, b[0])}
 
 
 def _carry_over_odds(scorer: DeletionScorer, word_sets: list[set[int]], hosts: list[str], config: LocateConfig):
