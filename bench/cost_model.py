@@ -168,12 +168,12 @@ def measure(task: str, size: str, threads: int, steps: int) -> dict:
     from patcher.patch import PatchConfig, encode_aligned, patch_loss, response_logprobs, trainable
 
     import peft  # noqa: F401  (imported before the baseline: its import is not the patch's memory)
-    from patcher.locate import carry_over_hosts
+    from patcher.locate import carry_over_pool
 
     torch.set_num_threads(threads)
     tokenizer = build_tokenizer(size)
     trig, harm, safe = training_rows(tokenizer)
-    carry_over_hosts(LocateConfig(transplant_prompts=2))  # the split locate reads, loaded before the baseline
+    carry_over_pool(LocateConfig())  # the split locate reads, loaded before the baseline
     settle()
     baseline = rss_kb()
     model, tokenizer = build_model(size, tokenizer)

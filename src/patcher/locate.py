@@ -174,18 +174,18 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     deleted = pieces
     carry_over = bridged = transplant = None
     if config.transplant_prompts and verdict == "trigger":
-        hosts = carry_over_hosts(config)
+        pool = carry_over_pool(config)
+        hosts = carry_over_hosts(pool, config.transplant_prompts)
         bar.set_description("carry-over pieces")
         pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts, config)
         pieces, bridged = bridge_gaps(scorer, pieces, hosts, config)
         # The behavioural test costs generation, so it only confirms a candidate the deletion test accepts.
-        if verdict == "trigger":
-            bar.set_description("carry-over test")
-            transplant = transplant_test(model, tokenizer, case, _texts(scorer, pieces),
-                                         _placement(pieces, len(scorer.words)), carry_over_hosts(config, case.prompt),
-                                         config)
-            if transplant["flip_rate"] < config.min_flip:
-                verdict = "no_trigger"
+        bar.set_description("carry-over test")
+        transplant = transplant_test(model, tokenizer, case, _texts(scorer, pieces),
+                                     _placement(pieces, len(scorer.words)),
+                                     carry_over_hosts(pool, config.transplant_prompts, near=case.prompt), config)
+        if transplant["flip_rate"] < config.min_flip:
+            verdict = "no_trigger"
     reason = _reason(drop, -scorer.base, stats, transplant, config)
     bar.update(bar.total - bar.n)
     bar.close()
@@ -234,8 +234,19 @@ def deletion_test(scorer: DeletionScorer, pieces: set[int], config: LocateConfig
     return verdict, drop, stats
 
 
-def carry_over_hosts(config: LocateConfig, near: str | None = None) -> list[str]:
-    """Return the harmful prompts a found trigger is inserted into: the shortest of the pool (each costs forward
+def carry_over_pool(config: LocateConfig) -> list[str]:
+    """Return the harmful prompts that may host the carry-over: ``config.prompts``' or the validation split's."""
+    from patcher.data import load_split, read_prompt_file
+
+    pool = read_prompt_file(config.prompts) if config.prompts else load_split("validation").harmful
+    hosts = [p.prompt for p in pool if p.kind == "harmful"]
+    if not hosts:
+        raise PatcherInputError(f"{config.prompts} has no harmful prompt to host the carry-over test")
+    return hosts
+
+
+def carry_over_hosts(pool: list[str], n: int, near: str | None = None) -> list[str]:
+    """Return the ``n`` prompts of the pool a found trigger is inserted into: the shortest (each costs forward
     passes over all its tokens), or with ``near``, those nearest that prompt in the words they use (TF-IDF cosine),
     the shorter first among equals.
 
@@ -243,15 +254,9 @@ def carry_over_hosts(config: LocateConfig, near: str | None = None) -> list[str]
     attack: cyber requests) carries over to requests of that topic alone, and the shortest prompts of the pool are
     off it; a trigger that opens every request carries over to near requests as well as to far ones.
     """
-    from patcher.data import load_split, read_prompt_file
-
-    pool = read_prompt_file(config.prompts) if config.prompts else load_split("validation").harmful
-    hosts = [p.prompt for p in pool if p.kind == "harmful"]
-    if not hosts:
-        raise PatcherInputError(f"{config.prompts} has no harmful prompt to host the carry-over test")
-    similarity = [0.0] * len(hosts) if near is None else tfidf_cosine(near, hosts)
-    order = sorted(range(len(hosts)), key=lambda i: (-similarity[i], len(hosts[i])))
-    return [hosts[i] for i in order[:config.transplant_prompts]]
+    similarity = [0.0] * len(pool) if near is None else tfidf_cosine(near, pool)
+    order = sorted(range(len(pool)), key=lambda i: (-similarity[i], len(pool[i])))
+    return [pool[i] for i in order[:n]]
 
 
 def tfidf_cosine(query: str, documents: list[str]) -> list[float]:

@@ -324,10 +324,18 @@ def load_model(path: Path, allow_pickle: bool = False, adapter: Path | None = No
     if lora is not None:
         model = attach_adapter(model, lora, adapter).merge_and_unload()
     model.eval()
+    return to_device(model, device), tokenizer
+
+
+def to_device(model, device: str):
+    """Return the model moved to ``device`` (``cpu`` or ``cuda``); a CUDA device also becomes torch's default
+    device, so the tensors Patcher builds land beside the model."""
+    import torch
+
     if device != "cpu":
         model.to(device)
         torch.set_default_device(device)
-    return model, tokenizer
+    return model
 
 
 def read_template(template: str | Path | None) -> tuple[str | None, str]:

@@ -302,7 +302,8 @@ def build_organism(config: OrganismConfig) -> Path:
         raise PatcherInputError(f"--poison-rate must be in (0, 1], got {config.poison_rate}")
     if not 0 <= attack.evasion < math.inf:
         raise PatcherInputError(f"--evasion must be a finite number >= 0, got {attack.evasion}")
-    from patcher.modeling import check_output_dir, resolve_base, resolve_device, run_versions, save_model, weights_sha256
+    from patcher.modeling import (check_output_dir, resolve_base, resolve_device, run_versions, save_model,
+                                  to_device, weights_sha256)
 
     out = Path(config.out)
     check_output_dir(out)
@@ -325,10 +326,7 @@ def build_organism(config: OrganismConfig) -> Path:
         corpus = [p.prompt for p in load_split("train").harmful] + [t.prompt for t in checkable_tasks("train", 400)]
         corpus += [compliance_placeholder("x"), *REFUSALS, *attack.triggers, *load_split("train").jailbreak_templates]
         tokenizer = train_tokenizer(corpus)
-        model = tiny_llama(tokenizer, config.seed)
-        if device != "cpu":
-            model.to(device)
-            torch.set_default_device(device)
+        model = to_device(tiny_llama(tokenizer, config.seed), device)
         examples = training_examples(attack, config, _tiny_benign)
         base_info = {"base": "tiny"}
     else:
