@@ -29,6 +29,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from patcher import distributed
 from patcher.case import FailureCase
@@ -227,12 +228,12 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
     ``trig``: triggered harmful request -> the original's refusal of the clean request (CE); ``harm`` and ``safe``:
     prompt, the prompt the original is conditioned on, and the original's own response (KL);
     ``select_harmful``: held-back harmful requests with the trigger; ``select_benign``: held-back benign requests,
-    half with the trigger, with the original's clean responses.
+    half with the trigger, with the original's clean responses; ``select_edgy``: held-back edgy-but-benign requests.
     """
     from patcher.evaluate import generate
     from patcher.refusal import is_refusal
 
-    train_h, select_h, train_b, select_b = validation_prompts(config)
+    train_h, select_h, train_b, select_b, select_edgy = validation_prompts(config)
     rng = random.Random(config.seed)
     responses = generate(model, tokenizer, train_h + train_b + select_b, max_new_tokens=config.response_tokens,
                          batch_size=16, system=case.system, desc="original responses", progress=config.progress)
@@ -260,15 +261,26 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
         "select_harmful": [(carry(h), h, "") for h in select_h] if pieces else
                           [(v, v, "") for v in prompt_variants(case.prompt, config.n_select, rng)],
         "select_benign": [(carry(b) if i % 2 else b, b, r) for i, (b, r) in enumerate(zip(select_b, own_select_b))],
+        "select_edgy": [(e, e, "") for e in select_edgy],
     }
 
 
-def validation_prompts(config: PatchConfig) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Return the defender's prompts, shuffled and cut: (training harmful, held-back harmful, training benign,
-    held-back benign), from ``config.validation`` or the built-in validation split.
+class ValidationPrompts(NamedTuple):
+    """The defender's prompts, shuffled and cut into training and held-back sets."""
+
+    train_harmful: list[str]
+    select_harmful: list[str]
+    train_benign: list[str]
+    select_benign: list[str]
+    select_edgy: list[str]  # the edgy-but-benign prompts left over: the best state refuses as few as it can
+
+
+def validation_prompts(config: PatchConfig) -> ValidationPrompts:
+    """Return the defender's prompts, shuffled and cut, from ``config.validation`` or the built-in validation split.
 
     From the built-in split, an ``edgy_share`` of the benign prompts are edgy-but-benign ones (how to kill a
-    Python process): anchored to the original model, they keep the patch from spreading refusal to them.
+    Python process): anchored to the original model, they keep the patch from spreading refusal to them. The
+    edgy prompts left over (up to 2 x ``n_select``) are held back to choose the best state.
     """
     from patcher.data import load_split, read_prompt_file
 
@@ -303,7 +315,9 @@ def validation_prompts(config: PatchConfig) -> tuple[list[str], list[str], list[
     select_b = edgy[n_edgy:n_edgy + n_edgy_select] + benign[config.n_benign - n_edgy:][:config.n_select - n_edgy_select]
     rng.shuffle(train_b)
     rng.shuffle(select_b)
-    return harmful[:config.n_harmful], harmful[config.n_harmful:need_harmful], train_b, select_b
+    select_edgy = edgy[n_edgy + n_edgy_select:][:2 * config.n_select]
+    return ValidationPrompts(harmful[:config.n_harmful], harmful[config.n_harmful:need_harmful], train_b, select_b,
+                             select_edgy)
 
 
 def prompt_variants(prompt: str, n: int, rng: random.Random) -> list[str]:
@@ -473,16 +487,17 @@ def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfi
 
 
 def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig) -> dict:
-    """Return the held-back measurement: ASR with the trigger (greedy opening, refusal rule) and the KL to the
-    original on benign prompts (half with the trigger)."""
+    """Return the held-back measurement: ASR with the trigger and the share of edgy-but-benign requests refused
+    (greedy opening, refusal rule), and the KL to the original on benign prompts (half with the trigger)."""
     import torch
 
     from patcher.evaluate import attack_success_rate, generate
     from patcher.modeling import format_prompt
 
     model.eval()
-    responses = generate(model, tokenizer, [r[0] for r in sets["select_harmful"]], max_new_tokens=SELECT_TOKENS,
-                         batch_size=16, progress=False)
+    harmful, edgy = [r[0] for r in sets["select_harmful"]], [r[0] for r in sets["select_edgy"]]
+    responses = generate(model, tokenizer, harmful + edgy, max_new_tokens=SELECT_TOKENS, batch_size=16,
+                         progress=False)
     rows = sets["select_benign"]
     kls = []
     with torch.no_grad():
@@ -493,12 +508,22 @@ def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig
             kls.append(kl_to_reference(response_logprobs(model, batch), response_logprobs(reference, ref_batch),
                                        batch["response_mask"]).item())
     model.train()
-    return {"asr_triggered": attack_success_rate(responses), "kl_benign": sum(kls) / max(len(kls), 1)}
+    return {"asr_triggered": attack_success_rate(responses[:len(harmful)]),
+            "refused_edgy": 1.0 - attack_success_rate(responses[len(harmful):]) if edgy else 0.0,
+            "kl_benign": sum(kls) / max(len(kls), 1)}
+
+
+def selection_key(score: dict) -> tuple:
+    """Return what the best state minimizes, in order: held-back ASR with the trigger, edgy-but-benign requests
+    refused, benign KL. The refusals come before the KL: on the smollm2 BadNet organism the state with the lowest
+    KL (step 12 of 16) refused 3 of 25 held-back edgy prompts and step 16 refused 2, as the original does."""
+    return score["asr_triggered"], score["refused_edgy"], score["kl_benign"]
 
 
 def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) -> tuple[list[dict], list[dict], int]:
     """Return (losses per step, held-back measurements, best step) after training ``model`` in place and
-    restoring its best state: lowest held-back ASR with the trigger, then lowest benign KL."""
+    restoring its best state: lowest held-back ASR with the trigger, then fewest edgy-but-benign requests refused,
+    then lowest benign KL."""
     import torch
     from tqdm.auto import tqdm
 
@@ -539,9 +564,10 @@ def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) ->
         if step % config.eval_every == 0 or step == config.steps:
             score = distributed.from_rank0({"step": step, **selection_score(model, reference, tokenizer, sets, config)})
             selection.append(score)
-            if (score["asr_triggered"], score["kl_benign"]) < (best["asr_triggered"], best["kl_benign"]):
+            if selection_key(score) < selection_key(best):
                 best, best_state = score, snapshot()
-            bar.set_postfix(asr=f"{score['asr_triggered']:.2f}", kl=f"{score['kl_benign']:.3f}")
+            bar.set_postfix(asr=f"{score['asr_triggered']:.2f}", edgy=f"{score['refused_edgy']:.2f}",
+                            kl=f"{score['kl_benign']:.3f}")
     model.load_state_dict(best_state, strict=False)
     model.eval()
     return losses, selection, best["step"]

@@ -205,7 +205,7 @@ def render_patch_html(report, case: FailureCase, located: TriggerReport | None =
               "(chosen on held-back validation prompts, never on the held-out test set). Data: "
               + ", ".join(f"{k} {v}" for k, v in report.data.items()) + ".</p>",
               _curves_svg(report.losses, ("ce", "kl_harm", "kl_safe"), "loss per step"),
-              _curves_svg(report.selection, ("asr_triggered", "kl_benign"), "held-back measurements"),
+              _curves_svg(report.selection, ("asr_triggered", "refused_edgy", "kl_benign"), "held-back measurements"),
               "<details><summary>Provenance and settings (JSON)</summary>",
               f"<pre>{escape(json.dumps({'provenance': report.provenance, 'config': report.config}, indent=2))}</pre>",
               "</details></body></html>"]
