@@ -144,7 +144,8 @@ def training_rows(tokenizer) -> tuple[list, list, list]:
     from patcher.patch import DEFAULT_REFUSAL, PatchConfig, validation_prompts
 
     config = PatchConfig(out=None, n_harmful=8, n_benign=8, n_select=0)
-    harmful, _, benign, _ = validation_prompts(config)
+    prompts = validation_prompts(config)
+    harmful, benign = prompts.train_harmful, prompts.train_benign
     rng = random.Random(0)
     answer = tokenizer.decode(encode_text(tokenizer, ANSWER)[:config.response_tokens])
 

@@ -136,7 +136,8 @@ def clean_finetune(model, tokenizer, defender: Defender) -> Defended:
     from patcher.patch import trainable, validation_prompts
 
     config = _patch_config(defender)
-    harmful, _, benign, _ = validation_prompts(config)
+    prompts = validation_prompts(config)
+    harmful, benign = prompts.train_harmful, prompts.train_benign
     answers = generate(model, tokenizer, benign, max_new_tokens=48, batch_size=16, progress=False)
     rng = random.Random(defender.seed)
     examples = [(h, rng.choice(REFUSALS)) for h in harmful] + list(zip(benign, answers))
@@ -161,7 +162,7 @@ def wanda_pruning(sparsity: float):
         from patcher.modeling import format_prompt
         from patcher.patch import validation_prompts
 
-        _, _, benign, _ = validation_prompts(_patch_config(defender))
+        benign = validation_prompts(_patch_config(defender)).train_benign
         layers = {name: m for name, m in model.named_modules()
                   if isinstance(m, torch.nn.Linear) and name != "lm_head" and "lm_head" not in name}
         norms = {name: torch.zeros(m.in_features) for name, m in layers.items()}
