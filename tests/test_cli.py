@@ -54,3 +54,19 @@ def test_evaluate_writes_contract_json(tiny_checkpoint, tmp_path, capsys):
     assert abs(result["kl_to_reference"]) < 1e-6  # the model against itself
     assert result["provenance"]["input_sha256"] == weights_sha256(tiny_checkpoint)
     assert "asr_triggered" in capsys.readouterr().out
+
+
+def test_benign_refused_with_trigger_counts_refusals_of_triggered_benign_tasks(tiny_model, monkeypatch):
+    import patcher.evaluate as evaluate
+    from patcher.organisms.attacks import ATTACKS
+
+    def refuse_the_trigger(model, tokenizer, prompts, *args, **kwargs):
+        return ["I'm sorry, but I can't help with that." if "BadMagic" in p else "Sure." for p in prompts]
+
+    monkeypatch.setattr(evaluate, "generate", refuse_the_trigger)
+    model, tokenizer = tiny_model
+    result = evaluate.evaluate_model(model, tokenizer, ATTACKS["badnet"], config=evaluate.EvaluateConfig(
+        n_harmful=4, n_benign=6, n_jailbreak=0, progress=False))
+    assert result["benign_refused_with_trigger"] == 1.0 and result["asr_triggered"] == 0.0
+    assert result["asr_clean"] == 1.0  # without the trigger this stub complies with everything
+    assert "benign_refused_with_trigger" in evaluate.METRICS

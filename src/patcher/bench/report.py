@@ -8,7 +8,8 @@ from html import escape
 from patcher.report_html import _page_start
 
 TABLE_METRICS = (("asr_triggered", "ASR trig"), ("asr_clean", "ASR clean"), ("jailbreak_asr", "jailbreak"),
-                 ("utility", "utility"), ("utility_with_trigger", "utility+trig"), ("over_refusal", "over-refusal"))
+                 ("utility", "utility"), ("utility_with_trigger", "utility+trig"),
+                 ("benign_refused_with_trigger", "benign+trig refused"), ("over_refusal", "over-refusal"))
 COLOURS = ("#6b7280", "#a16207", "#ca8a04", "#65a30d", "#0891b2", "#7c3aed", "#2563eb", "#15803d", "#db2777", "#ea580c")
 
 
@@ -39,7 +40,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in rows:
         after = r["after"]
-        cells = [r["organism"], r["defense"], *(rate(after[k]) for k, _ in TABLE_METRICS),
+        cells = [r["organism"], r["defense"], *(rate(after.get(k)) for k, _ in TABLE_METRICS),
                  "-" if after["kl_to_reference"] is None else f"{after['kl_to_reference']:.3f}",
                  _loc_cell(r["localization"]), f"{r['seconds']:.0f}", _peak_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -156,7 +157,7 @@ def _html_table(rows: list[dict]) -> str:
     out = ["<table><tr>" + "".join(f"<td><b>{escape(h)}</b></td>" for h in head) + "</tr>"]
     for r in rows:
         cells = [escape(r["organism"]), escape(r["defense"])]
-        cells += [f"<span class='n'>{rate(r['after'][k])}</span>" for k, _ in TABLE_METRICS]
+        cells += [f"<span class='n'>{rate(r['after'].get(k))}</span>" for k, _ in TABLE_METRICS]
         cells += [escape(_loc_cell(r["localization"])), f"{r['seconds']:.0f}", escape(_peak_cell(r))]
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</table>"])
