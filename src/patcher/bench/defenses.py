@@ -59,7 +59,7 @@ def _patcher(model, tokenizer, defender: Defender, locate_changes: dict | None =
         located = locate_trigger(model, tokenizer, defender.case, config)
     model, report = patch_model(model, tokenizer, defender.case, _patch_config(defender, **patch_changes), located)
     return Defended(model, located, {"mode": report.mode, "triggers": report.triggers, "best_step": report.best_step,
-                                     "train_seconds": report.train_seconds})
+                                     "train_seconds": report.train_seconds, "selection": report.selection})
 
 
 def patcher_ours(model, tokenizer, defender: Defender) -> Defended:
