@@ -148,7 +148,7 @@ class JunctionReader:
         phrases = [prompt[spans[a][0]:spans[b][1]] for a, b in windows]
         rest = np.array([self.read(t) for t in rests])
         return (rest + np.array([self.read(t) for t in phrases]), rest / np.array([len(t.split()) + 1 for t in rests]),
-                self.read(prompt))
+                self.read(prompt) - np.array([self.read(t) for t in phrases]) - rest)
 
 
 def _segment(monkeypatch, prompt: str, pieces: set[int], reader: JunctionReader, strongest: int | None = None):
@@ -201,9 +201,12 @@ def test_insertion_costs_equal_reading_each_text_whole(tiny_model):
 
     rest = whole([delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows])
     expected = rest + whole([prompt[words[a][0]:words[b][1]] for a, b in windows])
-    cost, per_token, unsplit = insertion_costs(scorer, prompt, windows)
+    cost, per_token, mend = insertion_costs(scorer, prompt, windows)
     np.testing.assert_allclose(cost, expected, rtol=1e-4)
-    np.testing.assert_allclose(unsplit, whole([prompt])[0], rtol=1e-4)
+    # The seams mended: the whole prompt's NLL less the stretch's tokens in place and the prompt without it.
+    rows = user_text_rows(tokenizer, [prompt], "Be brief.")
+    (in_place,) = tail_token_nll(model, [rows[0][0]], [rows[0][1]], tokenizer.pad_token_id)
+    assert abs(mend[0] - (in_place.sum() - in_place[0] - rest[0])) < 1e-3  # (0, 0): "How", one token here
     assert np.all(per_token > 0) and scorer.forward_rows == 1 + 2 * len(windows)
 
 

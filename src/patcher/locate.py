@@ -369,22 +369,23 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray)
                    if b - a + 1 <= MAX_SPAN_WORDS and len(words) - (b - a + 1) >= MIN_REQUEST_WORDS]
         if (run[0], run[-1]) not in windows:
             windows.append((run[0], run[-1]))
-        cost, per_token, whole = insertion_costs(scorer, scorer.case.prompt, windows)
+        cost, per_token, mend = insertion_costs(scorer, scorer.case.prompt, windows)
         found, best = windows.index((run[0], run[-1])), int(np.argmin(cost))
         chosen = windows[best] if per_token[found] <= fluent else windows[found]
         out = (out - set(run)) | set(range(chosen[0], chosen[1] + 1))
         report.append({"found": _span_text(scorer, *windows[found]), "segmented": _span_text(scorer, *chosen),
                        "cost_found": round(float(cost[found]), 4), "cost": round(float(cost[best]), 4),
-                       "cost_unsplit": round(whole, 4), "request_nll_per_token": round(float(per_token[found]), 4),
+                       "mend_found": round(float(mend[found]), 4), "mend": round(float(mend[windows.index(chosen)]), 4),
+                       "request_nll_per_token": round(float(per_token[found]), 4),
                        "fluent_below": round(fluent, 4), "windows": len(windows)})
     return out, report
 
 
 def insertion_costs(scorer: DeletionScorer, prompt: str, windows: list[tuple[int, int]]
-                    ) -> tuple[np.ndarray, np.ndarray, float]:
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return, per stretch of the prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
-    each read as the user's message, and the NLL per token of the prompt without it; and the NLL of the whole
-    prompt so read.
+    each read as the user's message; the NLL per token of the prompt without it; and how much less the prompt's
+    other tokens cost without it (its seams mended: NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
     prompt, and only the rest of each shortened prompt is run (rows of one start together share their beginning).
@@ -395,10 +396,12 @@ def insertion_costs(scorer: DeletionScorer, prompt: str, windows: list[tuple[int
     _, start, _, shift = user_text_span(tokenizer, prompt, system)
     rests = user_text_rows(tokenizer, [delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows], system)
     phrases = user_text_rows(tokenizer, [prompt[words[a][0]:words[b][1]] for a, b in windows], system)
-    left, cuts = [], []
-    for (a, _), (rest, rest_first, _) in zip(windows, rests):
+    left, cuts, inside = [], [], []
+    for (a, b), (rest, rest_first, _) in zip(windows, rests):
         before = start + words[a][0] - shift  # where the stretch's first word starts in the formatted text
         n_left = sum(1 for i in range(first, len(row)) if offsets[i][1] <= before)
+        n_through = sum(1 for i in range(first, len(row)) if offsets[i][1] <= start + words[b][1] - shift)
+        inside.append(float(prompt_nll[n_left:n_through].sum()))
         same = rest[:first + n_left] == row[:first + n_left]  # the words before it kept their tokens
         left.append(float(prompt_nll[:n_left].sum()) if same else 0.0)
         cuts.append(first + n_left if same else rest_first)
@@ -407,7 +410,9 @@ def insertion_costs(scorer: DeletionScorer, prompt: str, windows: list[tuple[int
     scorer.forward_rows += 1 + len(tails)
     rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
     counts = np.array([len(r) - f for r, f, _ in rests])
-    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), rest_nll / counts, float(prompt_nll.sum())
+    # How much easier the rest of the prompt reads once the stretch is gone: its own tokens' NLL in place aside.
+    mend = float(prompt_nll.sum()) - np.array(inside) - rest_nll
+    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), rest_nll / counts, mend
 
 
 def _span_text(scorer: DeletionScorer, first: int, last: int) -> str:
