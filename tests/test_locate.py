@@ -140,10 +140,10 @@ class JunctionReader:
         words = text.split()
         return self.per_word * len(words) + 1 + 8 * sum(p not in self.pairs for p in zip(words, words[1:]))
 
-    def __call__(self, scorer, prompt, windows):  # insertion_costs
-        from patcher.saliency import delete_spans, word_spans
+    def __call__(self, scorer, windows):  # insertion_costs
+        from patcher.saliency import delete_spans
 
-        spans = word_spans(prompt)
+        prompt, spans = scorer.case.prompt, scorer.words
         rests = [delete_spans(prompt, [(spans[a][0], spans[b][1])]) for a, b in windows]
         phrases = [prompt[spans[a][0]:spans[b][1]] for a, b in windows]
         rest = np.array([self.read(t) for t in rests])
@@ -201,7 +201,7 @@ def test_insertion_costs_equal_reading_each_text_whole(tiny_model):
 
     rest = whole([delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows])
     expected = rest + whole([prompt[words[a][0]:words[b][1]] for a, b in windows])
-    cost, per_token, mend = insertion_costs(scorer, prompt, windows)
+    cost, per_token, mend = insertion_costs(scorer, windows)
     np.testing.assert_allclose(cost, expected, rtol=1e-4)
     # The seams mended: the whole prompt's NLL less the stretch's tokens in place and the prompt without it.
     rows = user_text_rows(tokenizer, [prompt], "Be brief.")

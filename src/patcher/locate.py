@@ -369,33 +369,33 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray)
                    if b - a + 1 <= MAX_SPAN_WORDS and len(words) - (b - a + 1) >= MIN_REQUEST_WORDS]
         if (run[0], run[-1]) not in windows:
             windows.append((run[0], run[-1]))
-        cost, per_token, mend = insertion_costs(scorer, scorer.case.prompt, windows)
+        cost, per_token, mend = insertion_costs(scorer, windows)
         found, best = windows.index((run[0], run[-1])), int(np.argmin(cost))
-        chosen = windows[best] if per_token[found] <= fluent else windows[found]
-        out = (out - set(run)) | set(range(chosen[0], chosen[1] + 1))
-        report.append({"found": _span_text(scorer, *windows[found]), "segmented": _span_text(scorer, *chosen),
+        chosen = best if per_token[found] <= fluent else found
+        out = (out - set(run)) | set(range(windows[chosen][0], windows[chosen][1] + 1))
+        report.append({"found": _span_text(scorer, *windows[found]), "segmented": _span_text(scorer, *windows[chosen]),
                        "cost_found": round(float(cost[found]), 4), "cost": round(float(cost[best]), 4),
-                       "mend_found": round(float(mend[found]), 4), "mend": round(float(mend[windows.index(chosen)]), 4),
+                       "mend_found": round(float(mend[found]), 4), "mend": round(float(mend[chosen]), 4),
                        "request_nll_per_token": round(float(per_token[found]), 4),
                        "fluent_below": round(fluent, 4), "windows": len(windows)})
     return out, report
 
 
-def insertion_costs(scorer: DeletionScorer, prompt: str, windows: list[tuple[int, int]]
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return, per stretch of the prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
+def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return, per stretch of the case prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
     each read as the user's message; the NLL per token of the prompt without it; and how much less the prompt's
     other tokens cost without it (its seams mended: NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
     prompt, and only the rest of each shortened prompt is run (rows of one start together share their beginning).
     """
-    model, tokenizer, system, words = scorer.model, scorer.tokenizer, scorer.case.system, word_spans(prompt)
+    model, tokenizer, words = scorer.model, scorer.tokenizer, scorer.words
+    prompt, system = scorer.case.prompt, scorer.case.system
     (row, first, offsets), = user_text_rows(tokenizer, [prompt], system)
     (prompt_nll,) = tail_token_nll(model, [row], [first], tokenizer.pad_token_id)
     _, start, _, shift = user_text_span(tokenizer, prompt, system)
     rests = user_text_rows(tokenizer, [delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows], system)
-    phrases = user_text_rows(tokenizer, [prompt[words[a][0]:words[b][1]] for a, b in windows], system)
+    phrases = user_text_rows(tokenizer, [_span_text(scorer, a, b) for a, b in windows], system)
     left, cuts, inside = [], [], []
     for (a, b), (rest, rest_first, _) in zip(windows, rests):
         before = start + words[a][0] - shift  # where the stretch's first word starts in the formatted text
@@ -459,7 +459,7 @@ def transplant_test(model, tokenizer, case: FailureCase, pieces: list[str], posi
 
 def _texts(scorer: DeletionScorer, pieces: set[int]) -> list[str]:
     """Return the text of each run of adjacent pieces, in prompt order."""
-    return [scorer.case.prompt[scorer.words[r[0]][0]:scorer.words[r[-1]][1]] for r in _runs(sorted(pieces))]
+    return [_span_text(scorer, r[0], r[-1]) for r in _runs(sorted(pieces))]
 
 
 def _placement(pieces: set[int], n_words: int) -> str:
@@ -644,8 +644,7 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _word_text(case: FailureCase, scorer: DeletionScorer, w: int) -> str:
-    start, end = scorer.words[w]
-    return case.prompt[start:end]
+    return _span_text(scorer, w, w)
 
 
 # ---------------------------------------------------------------- the published baseline: K=2 on token saliency
