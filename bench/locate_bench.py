@@ -34,6 +34,8 @@ from patcher.locate import LocateConfig, locate_trigger
 METHODS = {  # name: (what it is, its settings)
     "ours": ("occlusion + counterfactual verdict (default)", LocateConfig()),
     "ours-segment": ("ours, pieces' edges redrawn by the two-part NLL (--segment)", LocateConfig(segment=True)),
+    "ours-prune": ("ours, pieces that add nothing to the others' carry-over dropped (--prune)", LocateConfig(prune=True)),
+    "ours-prune-segment": ("ours, --prune then --segment", LocateConfig(prune=True, segment=True)),
     "published": ("grad_norm, whole response, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=0)),
     "grad_norm-first": ("grad_norm, first token, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=1)),
     "grad_x_input": ("grad_x_input, whole response, K=2",
@@ -152,6 +154,7 @@ def run(organisms: list[Path], n_cases: int, with_null: bool, methods: list[str]
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                        "response_unlikely": report["evidence"]["response_unlikely"],
                        "candidate": report["evidence"].get("candidate"),
+                       "pruned": report["evidence"].get("pruned"),
                        "segmented": report["evidence"].get("segmented"),
                        "carry_over_test": report["evidence"].get("transplant")}
                 if item["expect"] == "trigger":

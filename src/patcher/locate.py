@@ -77,6 +77,9 @@ class LocateConfig:
     min_lift: float = field(default=2.0, metadata={
         "help": "nats of log-odds a word must add to the response's opening, inserted into the carry-over prompts "
                 "with the pieces found so far, to join the trigger (the weaker pieces of a composite trigger)"})
+    prune: bool = field(default=False, metadata={
+        "help": "drop a found piece (of two or more) that lifts the carry-over log-odds of the others by less than "
+                "--min-lift: a request word the deletions picked up adds little to a trigger in other requests"})
     segment: bool = field(default=False, metadata={
         "help": "redraw each found piece's edges where the prompt splits most cheaply into a request and an inserted "
                 "phrase (the model's own NLL of both as user messages): the whole of a long trigger phrase, but also "
@@ -179,13 +182,15 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
     bar.set_description("random deletions")
     verdict, drop, stats = deletion_test(scorer, pieces, config)
     deleted = pieces
-    carry_over = bridged = transplant = segmented = None
+    carry_over = bridged = transplant = segmented = pruned = None
     if config.transplant_prompts and verdict == "trigger":
         pool = carry_over_pool(config)
         hosts = carry_over_hosts(pool, config.transplant_prompts)
         bar.set_description("carry-over pieces")
         pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts, config)
         pieces, bridged = bridge_gaps(scorer, pieces, hosts, config)
+        if config.prune:
+            pieces, pruned = prune_runs(scorer, pieces, hosts, config)
         if config.segment:
             bar.set_description("segmenting")
             pieces, segmented = segment_pieces(scorer, pieces, single)
@@ -225,6 +230,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         "rounds": rounds,
         "carry_over_gains": carry_over,
         "bridged": bridged,
+        "pruned": pruned,
         "segmented": segmented,
         "min_lift": config.min_lift,
         "transplant": transplant,
@@ -331,6 +337,29 @@ def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], conf
                                                     "lift": round(lift, 4), "bridged": bridged}
 
 
+def prune_runs(scorer: DeletionScorer, pieces: set[int], hosts: list[str], config: LocateConfig
+               ) -> tuple[set[int], dict | None]:
+    """Return the pieces without the runs that add nothing to the others in the carry-over prompts, and each run's
+    lift (log-odds of the response's opening with all runs inserted, less with all but it; None: a single run).
+
+    Deleting a request's verb (``Publish``, ``Write``) can lower the reported response's likelihood as much as
+    deleting a trigger word, since the response restates the request; inserted into other harmful requests with
+    the trigger, such a word adds little, where each piece of a trigger (a composite one's included) adds to the
+    others. A run must lift the log-odds by ``min_lift``, the bar a word passes to join the trigger by carry-over
+    (``extend_by_carry_over``); the run with the largest lift always stays.
+    """
+    runs = _runs(sorted(pieces))
+    if len(runs) < 2:
+        return pieces, None
+    # Inserted where the whole trigger goes: a run that opens the prompt would otherwise take the start with it.
+    odds = _carry_over_odds(scorer, [pieces] + [pieces - set(run) for run in runs], hosts, config,
+                            _placement(pieces, len(scorer.words)))
+    lifts = odds[0] - odds[1:]
+    keep = [run for k, (run, lift) in enumerate(zip(runs, lifts)) if lift >= config.min_lift or k == np.argmax(lifts)]
+    return {w for run in keep for w in run}, {_span_text(scorer, run[0], run[-1]): round(float(lift), 4)
+                                                for run, lift in zip(runs, lifts)}
+
+
 def gap_words(pieces: set[int], max_gap: int) -> set[int]:
     """Return the words between consecutive runs of pieces that lie at most ``max_gap`` words apart."""
     runs = _runs(sorted(pieces))
@@ -365,7 +394,11 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray)
         anchor = max(run, key=lambda w: single[w])
         low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH)
         high = min(runs[k + 1][0] - 1 if k + 1 < len(runs) else len(words) - 1, anchor + SEGMENT_REACH)
-        windows = [(a, b) for a in range(low, anchor + 1) for b in range(anchor, high + 1)
+        # A run that opens or closes the prompt keeps that edge: the message's own edge is where such an insertion
+        # begins (a prefix), and moving it inward leaves a fragment of it to open the request (`Current`).
+        starts = [0] if run[0] == 0 else range(low, anchor + 1)
+        ends = [len(words) - 1] if run[-1] == len(words) - 1 else range(anchor, high + 1)
+        windows = [(a, b) for a in starts for b in ends
                    if b - a + 1 <= MAX_SPAN_WORDS and len(words) - (b - a + 1) >= MIN_REQUEST_WORDS]
         if (run[0], run[-1]) not in windows:
             windows.append((run[0], run[-1]))
@@ -420,13 +453,15 @@ def _span_text(scorer: DeletionScorer, first: int, last: int) -> str:
     return scorer.case.prompt[scorer.words[first][0]:scorer.words[last][1]]
 
 
-def _carry_over_odds(scorer: DeletionScorer, word_sets: list[set[int]], hosts: list[str], config: LocateConfig):
-    """Return, per word set, the mean log-odds of the response's opening over the hosts with the set inserted."""
+def _carry_over_odds(scorer: DeletionScorer, word_sets: list[set[int]], hosts: list[str], config: LocateConfig,
+                     position: str | None = None):
+    """Return, per word set, the mean log-odds of the response's opening over the hosts with the set inserted
+    where ``position`` says (default: each set's own placement in the case prompt)."""
     prompts = []
     for word_set in word_sets:
         rng = random.Random(config.seed)  # the same insertion slots for every set
-        texts, position = _texts(scorer, word_set), _placement(word_set, len(scorer.words))
-        prompts += [insert_trigger(h, texts, position, rng)[0] for h in hosts]
+        place = position or _placement(word_set, len(scorer.words))
+        prompts += [insert_trigger(h, _texts(scorer, word_set), place, rng)[0] for h in hosts]
     logp = -response_nll(scorer.model, scorer.tokenizer, prompts, scorer.case, scorer.target_tokens, config.batch_size)
     odds = logp - np.log1p(-np.exp(np.minimum(logp, -1e-9)))
     return odds.reshape(len(word_sets), len(hosts)).mean(axis=1)
