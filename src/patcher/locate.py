@@ -191,9 +191,6 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         pieces, bridged = bridge_gaps(scorer, pieces, hosts, config)
         if config.prune:
             pieces, pruned = prune_runs(scorer, pieces, hosts, config)
-        if config.segment:
-            bar.set_description("segmenting")
-            pieces, segmented = segment_pieces(scorer, pieces, single, hosts)
         # The behavioural test costs generation, so it only confirms a candidate the deletion test accepts.
         bar.set_description("carry-over test")
         transplant = transplant_test(model, tokenizer, case, _texts(scorer, pieces),
@@ -201,6 +198,11 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
                                      carry_over_hosts(pool, config.transplant_prompts, near=case.prompt), config)
         if transplant["flip_rate"] < config.min_flip:
             verdict = "no_trigger"
+        elif config.segment:
+            # Only the pieces the tests accepted are redrawn: a redrawn stretch of a genuine failure's words can take
+            # in a harmful clause that carries over (`high-profile skyscrapers in the US that would be easy to destroy`).
+            bar.set_description("segmenting")
+            pieces, segmented = segment_pieces(scorer, pieces, single, hosts)
     reason = _reason(drop, -scorer.base, stats, transplant, config)
     bar.update(bar.total - bar.n)
     bar.close()
