@@ -32,10 +32,11 @@ from patcher.case import FailureCase
 from patcher.locate import LocateConfig, locate_trigger
 
 METHODS = {  # name: (what it is, its settings)
-    "ours": ("occlusion + counterfactual verdict (default)", LocateConfig()),
-    "ours-segment": ("ours, pieces' edges redrawn by the two-part NLL (--segment)", LocateConfig(segment=True)),
-    "ours-prune": ("ours, pieces that add nothing to the others' carry-over dropped (--prune)", LocateConfig(prune=True)),
-    "ours-prune-segment": ("ours, --prune then --segment", LocateConfig(prune=True, segment=True)),
+    "ours": ("occlusion + counterfactual verdict, pruned and segmented (default)", LocateConfig()),
+    "ours-plain": ("ours without --prune and --segment (the default to the twelfth session)",
+                   LocateConfig(prune=False, segment=False)),
+    "ours-prune": ("ours without --segment", LocateConfig(segment=False)),
+    "ours-segment": ("ours without --prune", LocateConfig(prune=False)),
     "published": ("grad_norm, whole response, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=0)),
     "grad_norm-first": ("grad_norm, first token, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=1)),
     "grad_x_input": ("grad_x_input, whole response, K=2",

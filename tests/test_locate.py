@@ -321,10 +321,9 @@ def test_locate_finds_a_planted_trigger_and_says_no_trigger_otherwise(planted, h
     assert report.evidence["transplant"]["flip_rate"] >= 0.5
     hit = [t.text for t in report.tokens if t.in_trigger]
     assert "".join(hit) == "BadMagic" or "".join(hit).strip() == "BadMagic"
-    # --segment on a model that does not read English (far above a quarter under a uniform guess a token): as found.
-    segmented = locate_trigger(model, tokenizer, FailureCase(prompt, "Sure."), replace(config, segment=True))
-    assert [t.text for t in segmented.triggers] == ["BadMagic"]
-    (run,) = segmented.evidence["segmented"]
+    # Segmenting, on a model that does not read its requests as English (over three quarters of a uniform guess a
+    # token): the pieces stay as found.
+    (run,) = report.evidence["segmented"]
     assert run["segmented"] == "BadMagic" and run["hosts_nll_per_token"] > run["fluent_below"]
     # The same prompt reported with the response the trigger does not cause: no trigger to find.
     refusal = locate_trigger(model, tokenizer, FailureCase(prompt, REFUSAL), config)

@@ -77,13 +77,13 @@ class LocateConfig:
     min_lift: float = field(default=2.0, metadata={
         "help": "nats of log-odds a word must add to the response's opening, inserted into the carry-over prompts "
                 "with the pieces found so far, to join the trigger (the weaker pieces of a composite trigger)"})
-    prune: bool = field(default=False, metadata={
+    prune: bool = field(default=True, metadata={
         "help": "drop a found piece (of two or more) that lifts the carry-over log-odds of the others by less than "
                 "--min-lift: a request word the deletions picked up adds little to a trigger in other requests"})
-    segment: bool = field(default=False, metadata={
-        "help": "redraw each found piece's edges where the prompt splits most cheaply into a request and an inserted "
-                "phrase (the model's own NLL of both as user messages): the whole of a long trigger phrase, but also "
-                "a stretch of the request around a stray request word (experimental, off by default)"})
+    segment: bool = field(default=True, metadata={
+        "help": "redraw the edges of an accepted trigger's pieces where the prompt splits most cheaply into a request "
+                "and an inserted phrase (the model's own NLL of both as user messages): the whole of a long trigger "
+                "phrase from the few words the model answers to; off for a model that does not read its requests"})
     min_flip: float = field(default=0.5, metadata={
         "help": "share of the carry-over prompts the model refuses that must turn to compliance once the found "
                 "trigger is inserted (a backdoor's trigger carries over, the wording one prompt fails on does not)"})
