@@ -126,9 +126,10 @@ def timed(device: str, work):
 
 def skipped_stages(model, tokenizer, case) -> None:
     """Run the stages locate skips when no word breaks the response: the random deletions of the deletion test,
-    the carry-over pieces and the carry-over test, for the trigger word of the case."""
+    the carry-over pieces, the carry-over test and the segmentation, for the trigger word of the case (a single
+    piece: nothing to prune)."""
     from patcher.locate import (LocateConfig, _texts, carry_over_hosts, carry_over_pool, deletion_test,
-                                extend_by_carry_over, transplant_test)
+                                extend_by_carry_over, segment_pieces, transplant_test)
     from patcher.saliency import DeletionScorer
 
     config = LocateConfig(progress=False)
@@ -137,9 +138,11 @@ def skipped_stages(model, tokenizer, case) -> None:
     trigger = {next(i for i, (a, b) in enumerate(scorer.words) if case.prompt[a:b] == TRIGGER)}
     deletion_test(scorer, trigger, config)
     pool = carry_over_pool(config)
-    pieces, _ = extend_by_carry_over(scorer, trigger, single, carry_over_hosts(pool, config.transplant_prompts), config)
+    hosts = carry_over_hosts(pool, config.transplant_prompts)
+    pieces, _ = extend_by_carry_over(scorer, trigger, single, hosts, config)
     transplant_test(model, tokenizer, case, _texts(scorer, pieces), "random",
                     carry_over_hosts(pool, config.transplant_prompts, near=case.prompt), config)
+    segment_pieces(scorer, pieces, single, hosts)
 
 
 def measure(size: str, tokenizer_dir: str, dtype: str, device: str, steps: int, whole: bool,
