@@ -140,7 +140,7 @@ class JunctionReader:
         words = text.split()
         return self.per_word * len(words) + 1 + 8 * sum(p not in self.pairs for p in zip(words, words[1:]))
 
-    def __call__(self, scorer, windows):  # insertion_costs
+    def __call__(self, scorer, windows, prompt_read=None):  # insertion_costs
         from patcher.saliency import delete_spans
 
         prompt, spans = scorer.case.prompt, scorer.words
@@ -157,6 +157,7 @@ def _segment(monkeypatch, prompt: str, pieces: set[int], reader: JunctionReader,
 
     monkeypatch.setattr("patcher.locate.insertion_costs", reader)
     monkeypatch.setattr("patcher.locate.hosts_nll_per_token", lambda scorer, hosts: reader.per_word)
+    monkeypatch.setattr("patcher.locate.read_prompt", lambda scorer: None)
     scorer = SimpleNamespace(words=word_spans(prompt), case=FailureCase(prompt, "Sure."), model=None,
                              tokenizer=range(49152), batch_size=16, forward_rows=0)  # len(): SmolLM2's vocabulary
     single = np.zeros(len(scorer.words))

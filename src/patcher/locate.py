@@ -399,7 +399,7 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
         return pieces, [{"found": _span_text(scorer, r[0], r[-1]), "segmented": _span_text(scorer, r[0], r[-1]),
                          "hosts_nll_per_token": round(reading, 4), "fluent_below": round(fluent, 4), "windows": 0}
                         for r in runs]
-    out, report = set(pieces), []
+    out, report, prompt_read = set(pieces), [], read_prompt(scorer)
     for k, run in enumerate(runs):
         anchor = max(run, key=lambda w: single[w])
         low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH)
@@ -418,7 +418,7 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
             line = [(a, b) for a, b in line if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
             new = [w for w in dict.fromkeys([found, *line]) if w not in costs]
             if new:
-                cost, mend = insertion_costs(scorer, new)
+                cost, mend = insertion_costs(scorer, new, prompt_read)
                 costs.update({w: (float(c), float(m)) for w, c, m in zip(new, cost, mend)})
             chosen = min([chosen, *line], key=lambda w: costs[w][0])
         out = (out - set(run)) | set(range(chosen[0], chosen[1] + 1))
@@ -439,18 +439,28 @@ def hosts_nll_per_token(scorer: DeletionScorer, hosts: list[str]) -> float:
     return float(np.concatenate(nll).mean())
 
 
-def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+def read_prompt(scorer: DeletionScorer) -> tuple[list[int], int, list, np.ndarray]:
+    """Return the case prompt formatted as the user's message: its token ids, its first text token, the tokens'
+    character spans, and the NLL of each token from the first on."""
+    (row, first, offsets), = user_text_rows(scorer.tokenizer, [scorer.case.prompt], scorer.case.system)
+    (prompt_nll,) = tail_token_nll(scorer.model, [row], [first], scorer.tokenizer.pad_token_id)
+    scorer.forward_rows += 1
+    return row, first, offsets, prompt_nll
+
+
+def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prompt_read: tuple | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Return, per stretch of the case prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
     each read as the user's message, and how much less the prompt's other tokens cost without it (its seams mended:
     NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
-    prompt, and only the rest of each shortened prompt is run (rows of one start together share their beginning).
+    prompt (``prompt_read``: ``read_prompt``'s, read once for many calls), and only the rest of each shortened prompt
+    is run (rows of one start together share their beginning).
     """
     model, tokenizer, words = scorer.model, scorer.tokenizer, scorer.words
     prompt, system = scorer.case.prompt, scorer.case.system
-    (row, first, offsets), = user_text_rows(tokenizer, [prompt], system)
-    (prompt_nll,) = tail_token_nll(model, [row], [first], tokenizer.pad_token_id)
+    row, first, offsets, prompt_nll = prompt_read or read_prompt(scorer)
     _, start, _, shift = user_text_span(tokenizer, prompt, system)
     rests = user_text_rows(tokenizer, [delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows], system)
     phrases = user_text_rows(tokenizer, [_span_text(scorer, a, b) for a, b in windows], system)
@@ -465,7 +475,7 @@ def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]]) -> t
         cuts.append(first + n_left if same else rest_first)
     tails = tail_token_nll(model, [r for r, _, _ in rests] + [r for r, _, _ in phrases],
                            cuts + [f for _, f, _ in phrases], tokenizer.pad_token_id, scorer.batch_size)
-    scorer.forward_rows += 1 + len(tails)
+    scorer.forward_rows += len(tails)
     rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
     # How much easier the rest of the prompt reads once the stretch is gone: its own tokens' NLL in place aside.
     mend = float(prompt_nll.sum()) - np.array(inside) - rest_nll
