@@ -1,6 +1,5 @@
 import json
 import random
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -140,7 +139,7 @@ class JunctionReader:
         words = text.split()
         return self.per_word * len(words) + 1 + 8 * sum(p not in self.pairs for p in zip(words, words[1:]))
 
-    def __call__(self, scorer, windows, prompt_read=None):  # insertion_costs
+    def __call__(self, scorer, windows, prompt_read):  # insertion_costs
         from patcher.saliency import delete_spans
 
         prompt, spans = scorer.case.prompt, scorer.words
@@ -227,7 +226,7 @@ def test_insertion_costs_equal_reading_each_text_whole(tiny_model):
     # The words before a stretch are read once, from the whole prompt: the costs must equal reading every text anew.
     from types import SimpleNamespace
 
-    from patcher.locate import insertion_costs
+    from patcher.locate import insertion_costs, read_prompt
     from patcher.saliency import delete_spans, tail_token_nll, user_text_rows, word_spans
 
     model, tokenizer = tiny_model
@@ -244,7 +243,7 @@ def test_insertion_costs_equal_reading_each_text_whole(tiny_model):
 
     rest = whole([delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows])
     expected = rest + whole([prompt[words[a][0]:words[b][1]] for a, b in windows])
-    cost, mend = insertion_costs(scorer, windows)
+    cost, mend = insertion_costs(scorer, windows, read_prompt(scorer))
     np.testing.assert_allclose(cost, expected, rtol=1e-4)
     # The seams mended: the whole prompt's NLL less the stretch's tokens in place and the prompt without it.
     rows = user_text_rows(tokenizer, [prompt], "Be brief.")

@@ -430,37 +430,40 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
     return out, report
 
 
-def hosts_nll_per_token(scorer: DeletionScorer, hosts: list[str]) -> float:
-    """Return the model's mean NLL a token of the hosts read as user messages (closing token included)."""
-    rows = user_text_rows(scorer.tokenizer, hosts, scorer.case.system)
+def _read_user_texts(scorer: DeletionScorer, texts: list[str]) -> tuple[list[tuple], list[np.ndarray]]:
+    """Return ``user_text_rows`` of the texts (as the case is served) and the NLL of each row's text tokens on."""
+    rows = user_text_rows(scorer.tokenizer, texts, scorer.case.system)
     nll = tail_token_nll(scorer.model, [r for r, _, _ in rows], [f for _, f, _ in rows], scorer.tokenizer.pad_token_id,
                          scorer.batch_size)
     scorer.forward_rows += len(rows)
-    return float(np.concatenate(nll).mean())
+    return rows, nll
+
+
+def hosts_nll_per_token(scorer: DeletionScorer, hosts: list[str]) -> float:
+    """Return the model's mean NLL a token of the hosts read as user messages (closing token included)."""
+    return float(np.concatenate(_read_user_texts(scorer, hosts)[1]).mean())
 
 
 def read_prompt(scorer: DeletionScorer) -> tuple[list[int], int, list, np.ndarray]:
     """Return the case prompt formatted as the user's message: its token ids, its first text token, the tokens'
     character spans, and the NLL of each token from the first on."""
-    (row, first, offsets), = user_text_rows(scorer.tokenizer, [scorer.case.prompt], scorer.case.system)
-    (prompt_nll,) = tail_token_nll(scorer.model, [row], [first], scorer.tokenizer.pad_token_id)
-    scorer.forward_rows += 1
+    ((row, first, offsets),), (prompt_nll,) = _read_user_texts(scorer, [scorer.case.prompt])
     return row, first, offsets, prompt_nll
 
 
-def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prompt_read: tuple | None = None
+def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prompt_read: tuple
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Return, per stretch of the case prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
     each read as the user's message, and how much less the prompt's other tokens cost without it (its seams mended:
     NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
-    prompt (``prompt_read``: ``read_prompt``'s, read once for many calls), and only the rest of each shortened prompt
-    is run (rows of one start together share their beginning).
+    prompt (``prompt_read``: ``read_prompt``'s, read once for all the calls of a case), and only the rest of each
+    shortened prompt is run (rows of one start together share their beginning).
     """
     model, tokenizer, words = scorer.model, scorer.tokenizer, scorer.words
     prompt, system = scorer.case.prompt, scorer.case.system
-    row, first, offsets, prompt_nll = prompt_read or read_prompt(scorer)
+    row, first, offsets, prompt_nll = prompt_read
     _, start, _, shift = user_text_span(tokenizer, prompt, system)
     rests = user_text_rows(tokenizer, [delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows], system)
     phrases = user_text_rows(tokenizer, [_span_text(scorer, a, b) for a, b in windows], system)
