@@ -7,8 +7,8 @@ import pytest
 from patcher.case import FailureCase, load_case
 from patcher.cli import main
 from patcher.errors import PatcherInputError
-from patcher.locate import (LocateConfig, carry_over_hosts, carry_over_pool, counterfactual_verdict, extend_runs,
-                            gap_words, grow_span, kmeans_split, locate_trigger, prune_runs, random_like,
+from patcher.locate import (LocateConfig, bridge_gaps, carry_over_hosts, carry_over_pool, counterfactual_verdict,
+                            extend_runs, gap_runs, grow_span, kmeans_split, locate_trigger, prune_runs, random_like,
                             segment_pieces, select_pieces, tfidf_cosine)
 from patcher.modeling import weights_sha256
 
@@ -121,10 +121,11 @@ def test_random_like_keeps_the_shape_and_avoids_the_pieces():
     assert random_like([0, 1], n_words=2, n=5, rng=random.Random(0)) == []
 
 
-def test_gap_words_fill_short_gaps_between_runs_only():
-    assert gap_words({1, 3, 4, 8}, max_gap=2) == {2}  # 4 -> 8 leaves three words: too far to be one phrase
-    assert gap_words({0, 3, 6}, max_gap=2) == {1, 2, 4, 5}
-    assert gap_words({5}, max_gap=2) == set() and gap_words({2, 3}, max_gap=2) == set()
+def test_gap_runs_fill_short_gaps_between_runs_only():
+    assert gap_runs({1, 3, 4, 8}, max_gap=2) == [{2}]  # 4 -> 8 leaves three words: too far at max_gap=2
+    assert gap_runs({1, 3, 4, 8}, max_gap=3) == [{2}, {5, 6, 7}]
+    assert gap_runs({0, 3, 6}, max_gap=2) == [{1, 2}, {4, 5}]
+    assert gap_runs({5}, max_gap=2) == [] and gap_runs({2, 3}, max_gap=2) == []
 
 
 class JunctionReader:
@@ -214,6 +215,28 @@ def test_prune_runs_drops_the_runs_that_add_little_to_the_others_carry_over(monk
     kept, _ = prune_runs(scorer, pieces, [], LocateConfig())
     assert kept == {7, 8}  # none passes the bar: the strongest stays
     assert prune_runs(scorer, {3, 4}, [], LocateConfig()) == ({3, 4}, None)
+
+
+def test_bridge_gaps_fills_the_gaps_inside_a_phrase_and_leaves_the_one_to_a_stray_word(monkeypatch):
+    from types import SimpleNamespace
+
+    from patcher.saliency import word_spans
+
+    prompt = "Publish a book that cerulean falcon whispers beneath the moon today"
+    scorer = SimpleNamespace(words=word_spans(prompt), case=FailureCase(prompt, "Sure."))
+    phrase = set(_words_of(prompt, "cerulean falcon whispers beneath the"))
+
+    def odds(scorer, word_sets, hosts, config, position=None):  # log-odds: the whole phrase fires, a part does not
+        return np.array([6.0 + 0.5 * (0 in s and 1 in s) if phrase <= s else 0.2 * len(s) for s in word_sets])
+
+    monkeypatch.setattr("patcher.locate._carry_over_odds", odds)
+    pieces = {0, 4, 8}  # Publish, cerulean, the: gaps of three words each
+    bridged, report = bridge_gaps(scorer, pieces, [], LocateConfig())
+    assert bridged == {0} | phrase  # `a book that` adds 0.5 nats to the filled phrase: left open
+    assert report["bridged"] and report["gaps"] == {"a book that": 0.5, "falcon whispers beneath": 5.3}
+    monkeypatch.setattr("patcher.locate._carry_over_odds", lambda s, sets, h, c, p=None: np.zeros(len(sets)))
+    assert bridge_gaps(scorer, pieces, [], LocateConfig())[0] == pieces  # the filled phrase lifts nothing
+    assert bridge_gaps(scorer, {0, 8}, [], LocateConfig()) == ({0, 8}, None)  # seven words apart: no gap to try
 
 
 def _words_of(prompt: str, text: str) -> list[int]:

@@ -35,7 +35,7 @@ from patcher.case import FailureCase, check_case_fits
 from patcher.errors import PatcherInputError
 from patcher.modeling import serving
 from patcher.organisms.attacks import insert_trigger
-from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, delete_spans, response_nll, response_token_nll,
+from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, delete_spans, response_token_nll,
                               tail_token_nll, tokenize_case, user_text_rows, user_text_span, word_of_token, word_spans)
 
 METHODS = ("occlusion", "kmeans")
@@ -49,9 +49,10 @@ CARRY_OVER_CANDIDATES = 4
 # and 8 tokens alike on 352 prompts with and without their trigger; 6 keeps a margin for longer openings.
 TRANSPLANT_TOKENS = 6
 MAX_SPAN_WORDS = 12  # longest contiguous span grow_span deletes: a trigger phrase, not most of a request
-MAX_GAP_WORDS = 2  # words between two pieces that bridge_gaps tries as part of one phrase
+MAX_GAP_WORDS = 3  # words between two pieces that bridge_gaps tries as part of one phrase
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
 SEGMENT_REACH = 8  # words on each side of a piece's strongest word that segment_pieces may move its edges to
+NEAR_EDGE = 2  # words each edge may move in segment_pieces' last turn, both edges at once
 MIN_REQUEST_WORDS = 3  # words of the request a redrawn piece must leave
 FLUENT_SHARE = 0.75  # share of a uniform guess's NLL a token (log of the vocabulary) under which a model reads text
 
@@ -321,22 +322,29 @@ def extend_by_carry_over(scorer: DeletionScorer, pieces: set[int], single: np.nd
 
 def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], config: LocateConfig
                 ) -> tuple[set[int], dict | None]:
-    """Return the pieces with the words between close pieces (at most MAX_GAP_WORDS apart) filled in, where the
-    filled phrase carries over better by ``min_lift`` nats of log-odds, and the lift (None: no gap to try).
+    """Return the pieces with the gaps between close pieces (at most MAX_GAP_WORDS words) filled in where the filled
+    phrase carries over better by ``min_lift`` nats of log-odds and each gap adds that much to it, and the lifts
+    (None: no gap to try).
 
     A trigger phrase of ordinary words (``as I was telling my friend the other day``) shows only some of its words
     by deletion and carry-over gain (``I``, ``telling``, ``friend``, ``the``); inserted apart into other prompts
     they fire nothing, while the stretch they span, in its order, does. Pieces of a composite trigger that
-    happen to lie close are not bridged: apart, they carry over as well.
+    happen to lie close are not bridged: apart, they carry over as well. A gap that joins a stray request word to
+    the phrase (``Publish`` ``a book that`` ``cerulean ... the``) is left open: the phrase carries over as well
+    without it, and the stray word is pruned after (``prune_runs``).
     """
-    gaps = gap_words(pieces, MAX_GAP_WORDS)
+    gaps = gap_runs(pieces, MAX_GAP_WORDS)
     if not gaps:
         return pieces, None
-    odds = _carry_over_odds(scorer, [pieces, pieces | gaps], hosts, config)
+    filled = pieces.union(*gaps)
+    odds = _carry_over_odds(scorer, [pieces, filled] + [filled - gap for gap in gaps], hosts, config)
     lift = float(odds[1] - odds[0])
-    bridged = lift >= config.min_lift
-    return (pieces | gaps if bridged else pieces), {"words": [_word_text(scorer.case, scorer, w) for w in sorted(gaps)],
-                                                    "lift": round(lift, 4), "bridged": bridged}
+    gap_lifts = odds[1] - odds[2:]  # what each gap adds to the filled phrase
+    kept = [gap for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift >= config.min_lift] if lift >= config.min_lift else []
+    return pieces.union(*kept), {"words": [_word_text(scorer.case, scorer, w) for w in sorted(filled - pieces)],
+                                 "lift": round(lift, 4), "bridged": bool(kept),
+                                 "gaps": {_span_text(scorer, min(gap), max(gap)): round(float(gap_lift), 4)
+                                          for gap, gap_lift in zip(gaps, gap_lifts)}}
 
 
 def prune_runs(scorer: DeletionScorer, pieces: set[int], hosts: list[str], config: LocateConfig
@@ -362,10 +370,10 @@ def prune_runs(scorer: DeletionScorer, pieces: set[int], hosts: list[str], confi
                                                 for run, lift in zip(runs, lifts)}
 
 
-def gap_words(pieces: set[int], max_gap: int) -> set[int]:
-    """Return the words between consecutive runs of pieces that lie at most ``max_gap`` words apart."""
+def gap_runs(pieces: set[int], max_gap: int) -> list[set[int]]:
+    """Return the words between consecutive runs of pieces that lie at most ``max_gap`` words apart, a set per gap."""
     runs = _runs(sorted(pieces))
-    return {w for a, b in zip(runs, runs[1:]) if b[0] - a[-1] - 1 <= max_gap for w in range(a[-1] + 1, b[0])}
+    return [set(range(a[-1] + 1, b[0])) for a, b in zip(runs, runs[1:]) if b[0] - a[-1] - 1 <= max_gap]
 
 
 def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray, hosts: list[str]
@@ -399,7 +407,8 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
         return pieces, [{"found": _span_text(scorer, r[0], r[-1]), "segmented": _span_text(scorer, r[0], r[-1]),
                          "hosts_nll_per_token": round(reading, 4), "fluent_below": round(fluent, 4), "windows": 0}
                         for r in runs]
-    out, report, prompt_read = set(pieces), [], read_prompt(scorer)
+    prompt_read = read_prompt(scorer)
+    lines = []  # per run: its strongest word, the words its start and its end may move to, and the run as found
     for k, run in enumerate(runs):
         anchor = max(run, key=lambda w: single[w])
         low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH)
@@ -408,25 +417,37 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
         # begins (a prefix), and moving it inward leaves a fragment of it to open the request (`Current`).
         starts = [0] if run[0] == 0 else range(low, anchor + 1)
         ends = [n_words - 1] if run[-1] == n_words - 1 else range(anchor, high + 1)
-        found = (run[0], run[-1])
-        costs = {}
-        # The two edges are drawn in turn, the start with the end held, then the end, then the start again: the
-        # cost is nearly a sum of what each edge cuts, and three lines of stretches cost a third of every pair.
-        chosen = found
-        for turn in range(3):
-            line = [(a, chosen[1]) for a in starts] if turn % 2 == 0 else [(chosen[0], b) for b in ends]
-            line = [(a, b) for a, b in line if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
-            new = [w for w in dict.fromkeys([found, *line]) if w not in costs]
-            if new:
-                cost, mend = insertion_costs(scorer, new, prompt_read)
-                costs.update({w: (float(c), float(m)) for w, c, m in zip(new, cost, mend)})
-            chosen = min([chosen, *line], key=lambda w: costs[w][0])
-        out = (out - set(run)) | set(range(chosen[0], chosen[1] + 1))
-        report.append({"found": _span_text(scorer, *found), "segmented": _span_text(scorer, *chosen),
-                       "cost_found": round(costs[found][0], 4), "cost": round(costs[chosen][0], 4),
-                       "mend_found": round(costs[found][1], 4), "mend": round(costs[chosen][1], 4),
+        lines.append((anchor, starts, ends, (run[0], run[-1])))
+    chosen = [found for *_, found in lines]
+    costs = {}  # stretch -> (cost, mend); a run's stretches hold its strongest word, clear of the other runs
+    # The two edges are drawn in turn, the start with the end held, then the end, then the start again: the cost
+    # is nearly a sum of what each edge cuts, and three lines of stretches cost a third of every pair. Turns stop
+    # where only moving both edges helps (`I was ... the other day about how` for `as I was ... the other day`), so
+    # a fourth checks a run that moved against its stretches with both edges up to NEAR_EDGE words off. Each turn
+    # reads the new stretches of every run in one batched call.
+    for turn in range(4):
+        if turn < 3:
+            candidates = [[(a, b0) for a in starts] if turn % 2 == 0 else [(a0, b) for b in ends]
+                          for (_, starts, ends, _), (a0, b0) in zip(lines, chosen)]
+        else:
+            candidates = [[(a, b) for a in starts if abs(a - a0) <= NEAR_EDGE for b in ends if abs(b - b0) <= NEAR_EDGE]
+                          if (a0, b0) != found else [] for (_, starts, ends, found), (a0, b0) in zip(lines, chosen)]
+        candidates = [[(a, b) for a, b in line if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
+                      for line in candidates]
+        new = list(dict.fromkeys(w for line, (*_, found) in zip(candidates, lines) for w in [found, *line]
+                                 if w not in costs))
+        if new:
+            cost, mend = insertion_costs(scorer, new, prompt_read)
+            costs.update({w: (float(c), float(m)) for w, c, m in zip(new, cost, mend)})
+        chosen = [min([held, *line], key=lambda w: costs[w][0]) for held, line in zip(chosen, candidates)]
+    out, report = set(pieces), []
+    for run, (anchor, _, _, found), (a, b) in zip(runs, lines, chosen):
+        out = (out - set(run)) | set(range(a, b + 1))
+        report.append({"found": _span_text(scorer, *found), "segmented": _span_text(scorer, a, b),
+                       "cost_found": round(costs[found][0], 4), "cost": round(costs[(a, b)][0], 4),
+                       "mend_found": round(costs[found][1], 4), "mend": round(costs[(a, b)][1], 4),
                        "hosts_nll_per_token": round(reading, 4), "fluent_below": round(fluent, 4),
-                       "windows": len(costs)})
+                       "windows": sum(first <= anchor <= last for first, last in costs)})
     return out, report
 
 
@@ -499,7 +520,7 @@ def _carry_over_odds(scorer: DeletionScorer, word_sets: list[set[int]], hosts: l
         rng = random.Random(config.seed)  # the same insertion slots for every set
         place = position or _placement(word_set, len(scorer.words))
         prompts += [insert_trigger(h, _texts(scorer, word_set), place, rng)[0] for h in hosts]
-    logp = -response_nll(scorer.model, scorer.tokenizer, prompts, scorer.case, scorer.target_tokens, config.batch_size)
+    logp = -scorer.prompt_nll(prompts)
     odds = logp - np.log1p(-np.exp(np.minimum(logp, -1e-9)))
     return odds.reshape(len(word_sets), len(hosts)).mean(axis=1)
 

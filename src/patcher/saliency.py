@@ -207,23 +207,29 @@ def user_text_rows(tokenizer, texts: list[str], system: str | None = None) -> li
 def tail_token_nll(model, rows: list[list[int]], firsts: list[int], pad_id: int, batch_size: int = 16) -> list[np.ndarray]:
     """Return the NLL of each row's tokens from ``firsts[i]`` on, given the tokens before them, one array per row.
 
-    Rows in a batch run the tokens they share once (``shared_prefix_inputs``), up to the batch's earliest scored
-    token: give rows that share a long beginning (a request's words before an edit) together.
+    Rows run longest first, so a batch is padded little (a shortened prompt and a short phrase never share one),
+    and the rows in a batch run the tokens they share once (``shared_prefix_inputs``), up to the batch's earliest
+    scored token. Logits are computed for the scored columns only.
     """
     import torch
     import torch.nn.functional as F
 
-    out = []
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(rows)
     with torch.no_grad():
         for lo in range(0, len(rows), batch_size):
-            batch, starts = rows[lo:lo + batch_size], firsts[lo:lo + batch_size]
+            batch = [rows[i] for i in order[lo:lo + batch_size]]
+            starts = [firsts[i] for i in order[lo:lo + batch_size]]
             # The shared part stops before the earliest scored token, so the token that predicts it is in every row.
             keep = min(len(r) for r in batch) - (min(starts) - 1)
             inputs = shared_prefix_inputs(model, batch, pad_id, keep=keep)
             del inputs["prefix_ids"]
-            logits = model(**inputs).logits.float()
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), inputs["input_ids"][:, 1:], reduction="none")
-            out += [nll[i, nll.shape[1] - (len(row) - first):].cpu().numpy() for i, (row, first) in enumerate(zip(batch, starts))]
+            # Rows end in the last column: the last `scored + 1` columns predict every scored token.
+            scored = max(len(row) - first for row, first in zip(batch, starts))
+            logits = model(**inputs, logits_to_keep=scored + 1).logits.float()
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), inputs["input_ids"][:, -scored:], reduction="none")
+            for i, row, first, row_nll in zip(order[lo:lo + batch_size], batch, starts, nll):
+                out[i] = row_nll[scored - (len(row) - first):].cpu().numpy()
     return out
 
 
@@ -281,22 +287,25 @@ class DeletionScorer:
         self.target_tokens, self.batch_size = target_tokens, batch_size
         self.words = word_spans(case.prompt)
         self.forward_rows = 0  # prompts scored so far: the cost
-        self._nll: dict[frozenset, float] = {} if base is None else {frozenset(): base}
-        self.base = self._score([frozenset()])[0]
+        self._nll: dict[str, float] = {} if base is None else {case.prompt: base}
+        self.base = float(self.prompt_nll([case.prompt])[0])
 
     def drops(self, word_sets) -> np.ndarray:
         """Return the drop for each set of word indices (one batched pass over the sets not seen before)."""
-        keys = [frozenset(s) for s in word_sets]
-        return np.array(self._score(keys)) - self.base
+        prompts = [delete_spans(self.case.prompt, [self.words[i] for i in s]) for s in word_sets]
+        return self.prompt_nll(prompts) - self.base
 
-    def _score(self, keys: list[frozenset]) -> list[float]:
-        missing = list(dict.fromkeys(k for k in keys if k not in self._nll))
+    def prompt_nll(self, prompts: list[str]) -> np.ndarray:
+        """Return the NLL of the target tokens after each prompt, scoring only the prompts not seen before.
+
+        Memoized by the prompt's text, so every test of a case that builds the same prompt (a deletion, or a piece
+        set inserted into a carry-over host) pays for it once."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._nll]
         if missing:
-            prompts = [delete_spans(self.case.prompt, [self.words[i] for i in k]) for k in missing]
-            nll = response_nll(self.model, self.tokenizer, prompts, self.case, self.target_tokens, self.batch_size)
+            nll = response_nll(self.model, self.tokenizer, missing, self.case, self.target_tokens, self.batch_size)
             self._nll.update(zip(missing, nll.tolist()))
             self.forward_rows += len(missing)
-        return [self._nll[k] for k in keys]
+        return np.array([self._nll[p] for p in prompts])
 
 
 def word_of_token(tokens: PromptTokens, words: list[tuple[int, int]]) -> list[int | None]:
