@@ -340,7 +340,7 @@ def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], conf
     odds = _carry_over_odds(scorer, [pieces, filled] + [filled - gap for gap in gaps], hosts, config)
     lift = float(odds[1] - odds[0])
     gap_lifts = odds[1] - odds[2:]  # what each gap adds to the filled phrase
-    kept = [gap for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift >= config.min_lift] if lift >= config.min_lift else []
+    kept = [gap for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift >= config.min_lift and lift >= config.min_lift]
     return pieces.union(*kept), {"words": [_word_text(scorer.case, scorer, w) for w in sorted(filled - pieces)],
                                  "lift": round(lift, 4), "bridged": bool(kept),
                                  "gaps": {_span_text(scorer, min(gap), max(gap)): round(float(gap_lift), 4)
@@ -432,7 +432,8 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
         else:
             candidates = [[(a, b) for a in starts if abs(a - a0) <= NEAR_EDGE for b in ends if abs(b - b0) <= NEAR_EDGE]
                           if (a0, b0) != found else [] for (_, starts, ends, found), (a0, b0) in zip(lines, chosen)]
-        candidates = [[(a, b) for a, b in line if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
+        candidates = [[(a, b) for a, b in line
+                       if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
                       for line in candidates]
         new = list(dict.fromkeys(w for line, (*_, found) in zip(candidates, lines) for w in [found, *line]
                                  if w not in costs))
