@@ -480,8 +480,8 @@ def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prom
     NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
 
     The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
-    prompt (``prompt_read``: ``read_prompt``'s, read once for all the calls of a case), and only the rest of each
-    shortened prompt is run (rows of one start together share their beginning).
+    prompt (``prompt_read``: ``read_prompt``'s, read once for all the calls of a case), and each shortened prompt
+    is scored only from where the stretch was cut (``tail_token_nll`` runs the tokens its batch shares once).
     """
     model, tokenizer, words = scorer.model, scorer.tokenizer, scorer.words
     prompt, system = scorer.case.prompt, scorer.case.system
