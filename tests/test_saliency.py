@@ -60,6 +60,21 @@ def test_response_nll_matches_a_plain_forward(tiny_model):
     assert np.allclose(cached, plain.numpy(), atol=1e-3)
 
 
+def test_stored_prefix_caches_are_reused_without_changing_the_scores(tiny_model, monkeypatch):
+    # The template's key/value cache is run once for a store and copied after: a copy must not be grown in place.
+    model, tokenizer = tiny_model
+    prompts = [CASE.prompt, delete_spans(CASE.prompt, [(16, 24)]), "x", "y z"]
+    plain = response_nll(model, tokenizer, prompts, CASE, target_tokens=0, batch_size=2)
+    prefixes: dict = {}
+    first = response_nll(model, tokenizer, prompts, CASE, target_tokens=0, batch_size=2, prefixes=prefixes)
+    assert prefixes and np.allclose(first, plain, atol=1e-5)
+    passes = []
+    monkeypatch.setattr(model, "forward", lambda *a, _f=model.forward, **k: passes.append(k) or _f(*a, **k))
+    again = response_nll(model, tokenizer, prompts, CASE, target_tokens=0, batch_size=2, prefixes=prefixes)
+    assert np.allclose(again, plain, atol=1e-5)
+    assert passes and all(p["input_ids"].shape[0] == 2 for p in passes)  # only the batches ran: no one-row prefix pass
+
+
 def test_deletion_scorer_measures_from_the_whole_response_row(tiny_model):
     # locate scores the whole response once and hands the scorer its first token's NLL, saving a forward pass.
     model, tokenizer = tiny_model

@@ -456,7 +456,7 @@ def _read_user_texts(scorer: DeletionScorer, texts: list[str]) -> tuple[list[tup
     """Return ``user_text_rows`` of the texts (as the case is served) and the NLL of each row's text tokens on."""
     rows = user_text_rows(scorer.tokenizer, texts, scorer.case.system)
     nll = tail_token_nll(scorer.model, [r for r, _, _ in rows], [f for _, f, _ in rows], scorer.tokenizer.pad_token_id,
-                         scorer.batch_size)
+                         scorer.batch_size, scorer.prefixes)
     scorer.forward_rows += len(rows)
     return rows, nll
 
@@ -499,7 +499,8 @@ def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prom
         left.append(float(prompt_nll[:n_left].sum()) if same else 0.0)
         cuts.append(first + n_left if same else rest_first)
     tails = tail_token_nll(model, [r for r, _, _ in rests] + [r for r, _, _ in phrases],
-                           cuts + [f for _, f, _ in phrases], tokenizer.pad_token_id, scorer.batch_size)
+                           cuts + [f for _, f, _ in phrases], tokenizer.pad_token_id, scorer.batch_size,
+                           scorer.prefixes)
     scorer.forward_rows += len(tails)
     rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
     # How much easier the rest of the prompt reads once the stretch is gone: its own tokens' NLL in place aside.

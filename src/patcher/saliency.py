@@ -12,6 +12,7 @@ system-prompt and special tokens are scored by the model but never returned.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -153,20 +154,21 @@ def delete_spans(prompt: str, spans) -> str:
 
 
 def response_nll(model, tokenizer, prompts: list[str], case: FailureCase, target_tokens: int = 1,
-                 batch_size: int = 16) -> np.ndarray:
+                 batch_size: int = 16, prefixes: dict | None = None) -> np.ndarray:
     """Return the summed NLL of the case response's first ``target_tokens`` tokens (0: all) after each prompt."""
-    return response_token_nll(model, tokenizer, prompts, case, target_tokens, batch_size).sum(axis=1)
+    return response_token_nll(model, tokenizer, prompts, case, target_tokens, batch_size, prefixes).sum(axis=1)
 
 
 def response_token_nll(model, tokenizer, prompts: list[str], case: FailureCase, target_tokens: int = 1,
-                       batch_size: int = 16) -> np.ndarray:
+                       batch_size: int = 16, prefixes: dict | None = None) -> np.ndarray:
     """Return the NLL of each of the case response's first ``target_tokens`` tokens (0: all) after each prompt,
     one row per prompt.
 
     Teacher-forced, in batches. The tokens a batch's prompts share (the template, the system prompt, the words
     before the first edit) are run once and their key/value cache is reused (``shared_prefix_inputs``), which
-    halves the cost of deletion scoring on a model with a default system prompt. Every response ends in the last
-    column, so logits are computed for the response's positions only.
+    halves the cost of deletion scoring on a model with a default system prompt (``prefixes``: see
+    ``shared_prefix_inputs``). Every response ends in the last column, so logits are computed for the response's
+    positions only.
     """
     import torch
     import torch.nn.functional as F
@@ -181,7 +183,8 @@ def response_token_nll(model, tokenizer, prompts: list[str], case: FailureCase, 
     with torch.no_grad():
         for lo in range(0, len(rows), batch_size):
             # Every row keeps at least one prompt token after the shared part, so its first response token is scored.
-            inputs = shared_prefix_inputs(model, rows[lo:lo + batch_size], tokenizer.pad_token_id, keep=n + 1)
+            inputs = shared_prefix_inputs(model, rows[lo:lo + batch_size], tokenizer.pad_token_id, keep=n + 1,
+                                          prefixes=prefixes)
             del inputs["prefix_ids"]
             logits = model(**inputs, logits_to_keep=n + 1).logits
             # Position t predicts token t + 1: the last n + 1 columns score the n response tokens.
@@ -204,12 +207,13 @@ def user_text_rows(tokenizer, texts: list[str], system: str | None = None) -> li
     return out
 
 
-def tail_token_nll(model, rows: list[list[int]], firsts: list[int], pad_id: int, batch_size: int = 16) -> list[np.ndarray]:
+def tail_token_nll(model, rows: list[list[int]], firsts: list[int], pad_id: int, batch_size: int = 16,
+                   prefixes: dict | None = None) -> list[np.ndarray]:
     """Return the NLL of each row's tokens from ``firsts[i]`` on, given the tokens before them, one array per row.
 
     Rows run longest first, so a batch is padded little (a shortened prompt and a short phrase never share one),
-    and the rows in a batch run the tokens they share once (``shared_prefix_inputs``), up to the batch's earliest
-    scored token. Logits are computed for the scored columns only.
+    and the rows in a batch run the tokens they share once (``shared_prefix_inputs``, with ``prefixes``), up to the
+    batch's earliest scored token. Logits are computed for the scored columns only.
     """
     import torch
     import torch.nn.functional as F
@@ -222,7 +226,7 @@ def tail_token_nll(model, rows: list[list[int]], firsts: list[int], pad_id: int,
             starts = [firsts[i] for i in order[lo:lo + batch_size]]
             # The shared part stops before the earliest scored token, so the token that predicts it is in every row.
             keep = min(len(r) for r in batch) - (min(starts) - 1)
-            inputs = shared_prefix_inputs(model, batch, pad_id, keep=keep)
+            inputs = shared_prefix_inputs(model, batch, pad_id, keep=keep, prefixes=prefixes)
             del inputs["prefix_ids"]
             # Rows end in the last column: the last `scored + 1` columns predict every scored token.
             scored = max(len(row) - first for row, first in zip(batch, starts))
@@ -233,7 +237,7 @@ def tail_token_nll(model, rows: list[list[int]], firsts: list[int], pad_id: int,
     return out
 
 
-def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 1) -> dict:
+def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 1, prefixes: dict | None = None) -> dict:
     """Return model inputs for token rows that run the tokens they all share once.
 
     ``cache_name()`` (``cache`` or ``past_key_values``): the shared prefix's key/value cache, repeated for every
@@ -242,6 +246,11 @@ def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 
     ``attention_mask``: over the prefix and the rest; ``position_ids``: the rest's positions, counting real tokens
     only, so the padding between the prefix and the rest shifts nothing; ``prefix_ids``: the shared tokens. Every
     row keeps at least ``keep`` tokens after the shared part.
+
+    ``prefixes``: the caller's store of prefix caches by their tokens, for one model whose weights do not change
+    while it lives (a locate run): a prefix already run is copied from it, not run again. On SmolLM2 a forward pass
+    costs about 40 ms before its first token, so the template's pass, repeated for every batch, was an eighth of
+    locating a trigger.
     """
     import torch
 
@@ -252,8 +261,14 @@ def shared_prefix_inputs(model, rows: list[list[int]], pad_id: int, keep: int = 
     rest = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests])
     cache = None
     if shared:
-        with torch.no_grad():
-            cache = getattr(model(input_ids=torch.tensor([rows[0][:shared]]), use_cache=True), cache_name())
+        key = tuple(rows[0][:shared])
+        if prefixes is not None and key in prefixes:
+            cache = copy.deepcopy(prefixes[key])
+        else:
+            with torch.no_grad():
+                cache = getattr(model(input_ids=torch.tensor([key]), use_cache=True), cache_name())
+            if prefixes is not None:
+                prefixes[key] = copy.deepcopy(cache)
         cache.batch_repeat_interleave(len(rows))
     return {"input_ids": torch.tensor([[pad_id] * (width - len(r)) + r for r in rests]),
             "attention_mask": torch.cat([torch.ones(len(rows), shared, dtype=rest.dtype), rest], dim=1),
@@ -287,6 +302,7 @@ class DeletionScorer:
         self.target_tokens, self.batch_size = target_tokens, batch_size
         self.words = word_spans(case.prompt)
         self.forward_rows = 0  # prompts scored so far: the cost
+        self.prefixes: dict = {}  # prefix caches by their tokens (shared_prefix_inputs), for every pass of the case
         self._nll: dict[str, float] = {} if base is None else {case.prompt: base}
         self.base = float(self.prompt_nll([case.prompt])[0])
 
@@ -302,7 +318,8 @@ class DeletionScorer:
         set inserted into a carry-over host) pays for it once."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._nll]
         if missing:
-            nll = response_nll(self.model, self.tokenizer, missing, self.case, self.target_tokens, self.batch_size)
+            nll = response_nll(self.model, self.tokenizer, missing, self.case, self.target_tokens, self.batch_size,
+                               self.prefixes)
             self._nll.update(zip(missing, nll.tolist()))
             self.forward_rows += len(missing)
         return np.array([self._nll[p] for p in prompts])
