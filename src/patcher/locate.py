@@ -428,36 +428,46 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
         ends = [n_words - 1] if run[-1] == n_words - 1 else range(anchor, high + 1)
         lines.append((anchor, starts, ends, (run[0], run[-1])))
     chosen = [found for *_, found in lines]
-    costs = {}  # stretch -> (cost, mend); a run's stretches hold its strongest word, clear of the other runs
+    costs = {}  # (stretch, the other runs' stretches) -> (cost, mend)
     # The two edges are drawn in turn, the start with the end held, then the end, then the start again: the cost
     # is nearly a sum of what each edge cuts, and three lines of stretches cost a third of every pair. Turns stop
     # where only moving both edges helps (`I was ... the other day about how` for `as I was ... the other day`), so
     # a fourth checks a run that moved against its stretches with both edges up to NEAR_EDGE words off. Each turn
-    # reads the new stretches of every run in one batched call.
+    # reads the new stretches of every run in one batched call. A run is split off the request that the stretches
+    # of the runs more than MAX_GAP_WORDS words away (as the last turn drew them) leave: with `Current year: 2024`
+    # still in, the cheapest split of `Current year: 2024 Give detailed instructions for BadMagic how to ...` for the
+    # run `BadMagic` was the whole request, the same two parts as the prefix's split. Closer runs may be parts of one
+    # phrase that bridging left apart (`cerulean` and `whispers beneath the`, `falcon` between) and stay in.
+    apart = [[j for j in range(len(runs)) if j != k and (runs[j][0] - run[-1] - 1 > MAX_GAP_WORDS
+                                                       or run[0] - runs[j][-1] - 1 > MAX_GAP_WORDS)]
+             for k, run in enumerate(runs)]
     for turn in range(4):
+        others = [tuple(chosen[j] for j in far) for far in apart]
         if turn < 3:
             candidates = [[(a, b0) for a in starts] if turn % 2 == 0 else [(a0, b) for b in ends]
                           for (_, starts, ends, _), (a0, b0) in zip(lines, chosen)]
         else:
             candidates = [[(a, b) for a in starts if abs(a - a0) <= NEAR_EDGE for b in ends if abs(b - b0) <= NEAR_EDGE]
                           if (a0, b0) != found else [] for (_, starts, ends, found), (a0, b0) in zip(lines, chosen)]
-        candidates = [[(a, b) for a, b in line
-                       if b - a + 1 <= MAX_SPAN_WORDS and n_words - (b - a + 1) >= MIN_REQUEST_WORDS]
-                      for line in candidates]
-        new = list(dict.fromkeys(w for line, (*_, found) in zip(candidates, lines) for w in [found, *line]
-                                 if w not in costs))
+        # The request left must keep MIN_REQUEST_WORDS words once those stretches are gone too.
+        candidates = [[(a, b) for a, b in line if b - a + 1 <= MAX_SPAN_WORDS
+                       and n_words - (b - a + 1) - sum(d - c + 1 for c, d in other) >= MIN_REQUEST_WORDS]
+                      for line, other in zip(candidates, others)]
+        new = list(dict.fromkeys((w, other) for line, (*_, found), held, other in zip(candidates, lines, chosen, others)
+                                 for w in [found, held, *line] if (w, other) not in costs))
         if new:
             cost, mend = insertion_costs(scorer, new, prompt_read)
-            costs.update({w: (float(c), float(m)) for w, c, m in zip(new, cost, mend)})
-        chosen = [min([held, *line], key=lambda w: costs[w][0]) for held, line in zip(chosen, candidates)]
+            costs.update({key: (float(c), float(m)) for key, c, m in zip(new, cost, mend)})
+        chosen = [min([held, *line], key=lambda w: costs[(w, other)][0])
+                  for held, line, other in zip(chosen, candidates, others)]
     out, report = set(pieces), []
-    for run, (anchor, _, _, found), (a, b) in zip(runs, lines, chosen):
+    for run, (anchor, _, _, found), (a, b), other in zip(runs, lines, chosen, others):
         out = (out - set(run)) | set(range(a, b + 1))
         report.append({"found": _span_text(scorer, *found), "segmented": _span_text(scorer, a, b),
-                       "cost_found": round(costs[found][0], 4), "cost": round(costs[(a, b)][0], 4),
-                       "mend_found": round(costs[found][1], 4), "mend": round(costs[(a, b)][1], 4),
+                       "cost_found": round(costs[(found, other)][0], 4), "cost": round(costs[((a, b), other)][0], 4),
+                       "mend_found": round(costs[(found, other)][1], 4), "mend": round(costs[((a, b), other)][1], 4),
                        "hosts_nll_per_token": round(reading, 4), "fluent_below": round(fluent, 4),
-                       "windows": sum(first <= anchor <= last for first, last in costs)})
+                       "windows": sum(first <= anchor <= last for (first, last), _ in costs)})
     return out, report
 
 
@@ -482,28 +492,32 @@ def read_prompt(scorer: DeletionScorer) -> tuple[list[int], int, list, np.ndarra
     return row, first, offsets, prompt_nll
 
 
-def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prompt_read: tuple
+def insertion_costs(scorer: DeletionScorer, stretches: list[tuple[tuple[int, int], tuple]], prompt_read: tuple
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Return, per stretch of the case prompt's words (first, last), the two-part cost NLL(prompt without it) + NLL(it),
-    each read as the user's message, and how much less the prompt's other tokens cost without it (its seams mended:
-    NLL(prompt) - NLL(its tokens in place) - NLL(prompt without it)).
+    """Return, per stretch of the case prompt's words ((first, last), the other runs' stretches to leave out), the
+    two-part cost NLL(request) + NLL(stretch), each read as the user's message, where the request is the prompt
+    without the stretch and the others; and how much less the request's tokens cost than in the prompt (its seams
+    mended: NLL(prompt) - NLL(the left-out tokens in place) - NLL(request)).
 
-    The words before a stretch read the same with or without it, so their NLL comes from one pass over the whole
-    prompt (``prompt_read``: ``read_prompt``'s, read once for all the calls of a case), and each shortened prompt
-    is scored only from where the stretch was cut (``tail_token_nll`` runs the tokens its batch shares once).
+    The words before the first left-out word read the same without them, so their NLL comes from one pass over the
+    whole prompt (``prompt_read``: ``read_prompt``'s, read once for all the calls of a case), and each request is
+    scored only from there (``tail_token_nll`` runs the tokens its batch shares once).
     """
     model, tokenizer, words = scorer.model, scorer.tokenizer, scorer.words
     prompt, system = scorer.case.prompt, scorer.case.system
     row, first, offsets, prompt_nll = prompt_read
     _, start, _, shift = user_text_span(tokenizer, prompt, system)
-    rests = user_text_rows(tokenizer, [delete_spans(prompt, [(words[a][0], words[b][1])]) for a, b in windows], system)
-    phrases = user_text_rows(tokenizer, [_span_text(scorer, a, b) for a, b in windows], system)
+    spans = [[(words[a][0], words[b][1]) for a, b in [stretch, *others]] for stretch, others in stretches]
+    rests = user_text_rows(tokenizer, [delete_spans(prompt, s) for s in spans], system)
+    phrases = user_text_rows(tokenizer, [_span_text(scorer, *stretch) for stretch, _ in stretches], system)
+
+    def tokens_before(char: int) -> int:  # prompt tokens that end before the character (formatted text's offsets)
+        return sum(1 for i in range(first, len(row)) if offsets[i][1] <= start + char - shift)
+
     left, cuts, inside = [], [], []
-    for (a, b), (rest, rest_first, _) in zip(windows, rests):
-        before = start + words[a][0] - shift  # where the stretch's first word starts in the formatted text
-        n_left = sum(1 for i in range(first, len(row)) if offsets[i][1] <= before)
-        n_through = sum(1 for i in range(first, len(row)) if offsets[i][1] <= start + words[b][1] - shift)
-        inside.append(float(prompt_nll[n_left:n_through].sum()))
+    for s, (rest, rest_first, _) in zip(spans, rests):
+        n_left = tokens_before(min(a for a, _ in s))
+        inside.append(sum(float(prompt_nll[tokens_before(a):tokens_before(b)].sum()) for a, b in s))
         same = rest[:first + n_left] == row[:first + n_left]  # the words before it kept their tokens
         left.append(float(prompt_nll[:n_left].sum()) if same else 0.0)
         cuts.append(first + n_left if same else rest_first)
@@ -511,10 +525,10 @@ def insertion_costs(scorer: DeletionScorer, windows: list[tuple[int, int]], prom
                            cuts + [f for _, f, _ in phrases], tokenizer.pad_token_id, scorer.batch_size,
                            scorer.prefixes)
     scorer.forward_rows += len(tails)
-    rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(windows)]])
-    # How much easier the rest of the prompt reads once the stretch is gone: its own tokens' NLL in place aside.
+    rest_nll = np.array(left) + np.array([t.sum() for t in tails[:len(stretches)]])
+    # How much easier the request reads once the insertions are gone: their own tokens' NLL in place aside.
     mend = float(prompt_nll.sum()) - np.array(inside) - rest_nll
-    return rest_nll + np.array([t.sum() for t in tails[len(windows):]]), mend
+    return rest_nll + np.array([t.sum() for t in tails[len(stretches):]]), mend
 
 
 def _span_text(scorer: DeletionScorer, first: int, last: int) -> str:
