@@ -475,6 +475,7 @@ def test_runs_pruning_dropped_get_the_carry_over_test_when_the_rest_fails_it(pla
     assert report.verdict == "trigger" and "BadMagic" in [t.text for t in report.triggers]
     transplant = report.evidence["transplant"]
     assert transplant["pruned_flip_rate"] < 0.5 <= transplant["flip_rate"]
+    assert "as found" in report.evidence["reason"]
 
 
 def test_carry_over_test_vetoes_a_candidate_other_prompts_do_not_confirm(planted, tmp_path):

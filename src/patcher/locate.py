@@ -746,8 +746,10 @@ def _reason(drop: float, base_logprob: float, stats: dict, transplant: dict | No
         return (f"inserted into other harmful prompts it turns {transplant['complied_with']} of the "
                 f"{transplant['refused_without']} the model refuses into compliance (share "
                 f"{transplant['flip_rate']:.2f} < {config.min_flip})")
+    retried = "" if transplant is None or "pruned_flip_rate" not in transplant else (
+        f" (as found: pruned to the runs that add most, it turned a share of only {transplant['pruned_flip_rate']:.2f})")
     return "deleting it breaks the response, random deletions do not" + (
-        ", and it turns other harmful prompts from refusal to compliance" if transplant is not None else "")
+        ", and it turns other harmful prompts from refusal to compliance" + retried if transplant is not None else "")
 
 
 def _runs(indices: list[int]) -> list[list[int]]:
