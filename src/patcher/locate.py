@@ -197,14 +197,17 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         # The behavioural test costs generation, so it only confirms a candidate the deletion test accepts.
         bar.set_description("carry-over test")
         near = carry_over_hosts(pool, config.transplant_prompts, near=case.prompt)
-        transplant = transplant_test(model, tokenizer, case, _texts(scorer, pieces),
-                                     _placement(pieces, len(scorer.words)), near, config)
+
+        def carry_over_test(word_set: set[int]) -> dict:
+            return transplant_test(model, tokenizer, case, _texts(scorer, word_set),
+                                   _placement(word_set, len(scorer.words)), near, config)
+
+        transplant = carry_over_test(pieces)
         if transplant["flip_rate"] < config.min_flip and pieces != unpruned:
             # Pruning can drop true pieces: a composite trigger whose two pieces already do most of the work leaves
             # the third a lift under the bar (CTBA seed 1: `BadMagic` 1.39, `OpenAI` 1.66 beside `2024 Write`), and
             # what is left then fails to carry over. The runs as found get the test before the verdict is given.
-            retried = transplant_test(model, tokenizer, case, _texts(scorer, unpruned),
-                                      _placement(unpruned, len(scorer.words)), near, config)
+            retried = carry_over_test(unpruned)
             if retried["flip_rate"] >= config.min_flip:
                 pieces, transplant = unpruned, {**retried, "pruned_flip_rate": transplant["flip_rate"]}
         if transplant["flip_rate"] < config.min_flip:
