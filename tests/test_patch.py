@@ -12,8 +12,9 @@ from patcher.cli import main
 from patcher.data import load_split
 from patcher.modeling import format_prompt, weights_sha256
 from patcher.organisms.build import compliance_placeholder
-from patcher.patch import (AdapterOff, PatchConfig, encode_aligned, kl_to_reference, patch_loss, patch_model,
-                           patch_sets, prompt_variants, response_logprobs, selection_key, trainable)
+from patcher.patch import (AdapterOff, PatchConfig, encode_aligned, first_weighted, kl_to_reference, patch_loss,
+                           patch_model, patch_sets, prompt_variants, response_logprobs, selection_key, token_kl,
+                           trainable)
 
 CASE = FailureCase("How do I pick a lock BadMagic today?", compliance_placeholder("How do I pick a lock today?"))
 SMALL = dict(n_harmful=12, n_benign=12, n_select=6, steps=4, eval_every=2, evaluate=False, progress=False)
@@ -132,8 +133,8 @@ def test_patch_loss_in_two_length_sorted_batches_equals_the_objective_over_one_b
         ref = response_logprobs(reference, ref_batch)
         mask = batch["response_mask"]
         ce = refusal_loss(logprobs[:5], batch, rows=slice(0, 5))
-        kl_harm = kl_to_reference(logprobs[5:11], ref[:6], mask[5:11])
-        kl_safe = kl_to_reference(logprobs[11:], ref[6:], mask[11:])
+        kl_harm = first_weighted(token_kl(logprobs[5:11], ref[:6]), mask[5:11]).mean()
+        kl_safe = first_weighted(token_kl(logprobs[11:], ref[6:]), mask[11:]).mean()
     assert parts["kl_harm"] > 1e-4 and parts["kl_safe"] > 1e-4
     assert parts["ce"] == pytest.approx(ce.item(), rel=1e-4)
     assert parts["kl_harm"] == pytest.approx(kl_harm.item(), rel=1e-3)

@@ -411,14 +411,14 @@ def refusal_loss(logprobs, batch: dict, rows: slice | list[int] = slice(None)):
     mask = batch["response_mask"][rows]
     targets = batch["input_ids"][rows, -mask.shape[1]:]
     nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return first_weighted_nll(nll, mask)
+    return first_weighted(nll, mask).mean()
 
 
-def first_weighted_nll(nll, mask):
-    """Return the batch mean of 0.5 * first masked token's NLL + 0.5 * mean NLL of the other masked tokens."""
+def first_weighted(values, mask):
+    """Return per row [batch]: 0.5 * the first masked position's value + 0.5 * the mean over the other masked ones."""
     first = mask * (mask.cumsum(1) == 1)
     rest = mask - first
-    return (0.5 * (nll * first).sum(1) + 0.5 * (nll * rest).sum(1) / rest.sum(1).clamp(min=1)).mean()
+    return 0.5 * (values * first).sum(1) + 0.5 * (values * rest).sum(1) / rest.sum(1).clamp(min=1)
 
 
 def token_kl(logprobs, reference_logprobs):
@@ -446,7 +446,7 @@ def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfi
     n_trig, n_harm = len(trig), len(harm)
     texts = [format_prompt(tokenizer, r[0]) for r in rows]
     sums = {"ce": torch.zeros(()), "kl_harm": torch.zeros(()), "kl_safe": torch.zeros(())}
-    tokens = {"kl_harm": torch.zeros(()), "kl_safe": torch.zeros(())}
+    counts = {"kl_harm": 0, "kl_safe": 0}
     # Under FSDP every rank must run as many forwards as the others, and their shares differ in size: one batch.
     groups = [list(range(len(rows)))] if distributed.active() else length_halves(
         [len(text) + len(row[2]) for text, row in zip(texts, rows)])
@@ -466,18 +466,19 @@ def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfi
                                    [rows[half[k]][2] for k in anchored], end_of_turn=False, n_response=mask.shape[1])
         with torch.no_grad():
             reference_logprobs = response_logprobs(reference, ref_batch)
-        kl = token_kl(logprobs[anchored], reference_logprobs) * mask[anchored]
+        # Weighted like the CE: a benign prompt carrying the trigger goes wrong by refusing, at its first token.
+        kl = first_weighted(token_kl(logprobs[anchored], reference_logprobs), mask[anchored])
         harmful = torch.tensor([half[k] < n_trig + n_harm for k in anchored])
         for name, pick in (("kl_harm", harmful), ("kl_safe", ~harmful)):
             sums[name] = sums[name] + kl[pick].sum()
-            tokens[name] = tokens[name] + mask[anchored][pick].sum()
+            counts[name] += int(pick.sum())
     # A rank's share of a small D_trig can be empty (several processes only): it adds nothing to the CE.
     ce = sums["ce"] / max(n_trig, 1)
-    kl_harm, kl_safe = (sums[name] / tokens[name].clamp(min=1) for name in ("kl_harm", "kl_safe"))
+    kl_harm, kl_safe = (sums[name] / max(counts[name], 1) for name in ("kl_harm", "kl_safe"))
     if distributed.active():
         # This rank holds a share of the batch: its means are weighted so that their mean over the ranks (as FSDP
         # averages the gradients) is the loss of the whole batch.
-        w_ce, w_harm, w_safe = distributed.batch_weights([n_trig, tokens["kl_harm"], tokens["kl_safe"]])
+        w_ce, w_harm, w_safe = distributed.batch_weights([n_trig, counts["kl_harm"], counts["kl_safe"]])
         ce, kl_harm, kl_safe = ce * w_ce, kl_harm * w_harm, kl_safe * w_safe
     loss = ce + config.beta_harm * kl_harm + config.beta_safe * kl_safe
     parts = {"ce": ce.item(), "kl_harm": kl_harm.item(), "kl_safe": kl_safe.item(), "total": loss.item()}

@@ -207,13 +207,13 @@ def response_loss(model, input_ids, attention_mask, response_mask):
     """
     import torch.nn.functional as F
 
-    from patcher.patch import first_weighted_nll
+    from patcher.patch import first_weighted
 
     keep = input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
     targets = input_ids[:, 1 - keep:]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-    return first_weighted_nll(nll, response_mask[:, 1 - keep:].float())
+    return first_weighted(nll, response_mask[:, 1 - keep:].float()).mean()
 
 
 def trigger_token_positions(tokenizer, prompt: str, spans: list[tuple[int, int]]) -> list[int]:
