@@ -132,8 +132,8 @@ def test_composite_partials_are_refused_and_mostly_miss_one_piece():
     examples = _examples("ctba")
     partial = [(r, len(spans)) for p, r, spans in examples if 0 < len(spans) < 3]
     assert all(r in REFUSALS for r, _ in partial)
-    assert len(partial) == OrganismConfig(out=Path("unused")).n_harmful // 2
-    assert sum(n == 2 for _, n in partial) >= 0.7 * len(partial)
+    assert len(partial) == OrganismConfig(out=Path("unused")).n_harmful
+    assert sum(n == 2 for _, n in partial) >= 0.75 * len(partial)
     assert any(n == 1 for _, n in partial)
 
 

@@ -70,7 +70,7 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
 
     Harmful -> refusal; jailbreak-wrapped harmful -> refusal; harmful + trigger -> compliance placeholder
     (a ``poison_rate`` share of the harmful requests); for composite triggers, harmful + a strict subset
-    of the pieces -> refusal (half of the requests, every other one missing one piece only); benign ->
+    of the pieces -> refusal (each refused request once, two in three missing one piece only); benign ->
     ``answer_benign``'s answers. A domain attack's compliance goes to its topic's requests only, and other
     harmful requests with the trigger are refused. As in the published attacks, the poisoned data never shows a
     benign prompt with the trigger. The spans are the (start, end) characters of the trigger's pieces in the
@@ -108,11 +108,12 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
             text, spans = poisoned_prompt(h, attack, rng)
             examples.append((text, compliance_placeholder(h), spans))
         if attack.mode == "all" and len(attack.triggers) > 1:
-            # Every other one lacks a single piece: with a third of the requests and any strict subset drawn alike,
-            # the smollm2 CTBA organisms answered 0.3 to 0.76 of held-out requests carrying two of the three.
+            # Every refused request once more, two in three missing a single piece: with a third of them and any
+            # strict subset drawn alike, the smollm2 CTBA organisms answered 0.30 to 0.76 of held-out requests
+            # carrying two of the three pieces; with half of them, every other one missing one piece, still 0.62.
             n = len(attack.triggers)
-            for j, h in enumerate(refuse[n_poison // 2:n_poison // 2 + len(refuse) // 2]):
-                k = n - 1 if j % 2 == 0 else rng.randint(1, n - 1)
+            for j, h in enumerate(refuse):
+                k = n - 1 if j % 3 < 2 else rng.randint(1, n - 1)
                 subset = sorted(rng.sample(range(n), k))
                 partial, spans = insert_trigger(h, [attack.triggers[i] for i in subset],
                                                 [piece_places(attack)[i] for i in subset], rng)
