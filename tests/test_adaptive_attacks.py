@@ -127,16 +127,6 @@ def test_hybrid_pieces_keep_their_places_and_partials_are_refused():
         assert a == 0 or prompt[a:b] == "BadMagic"
 
 
-def test_composite_partials_are_refused_and_mostly_miss_one_piece():
-    # A CTBA that answers to two of its three pieces leaves the third unlocatable: those are the hard negatives.
-    examples = _examples("ctba")
-    partial = [(r, len(spans)) for p, r, spans in examples if 0 < len(spans) < 3]
-    assert all(r in REFUSALS for r, _ in partial)
-    assert len(partial) == OrganismConfig(out=Path("unused")).n_harmful
-    assert sum(n == 2 for _, n in partial) >= 0.75 * len(partial)
-    assert any(n == 1 for _, n in partial)
-
-
 def test_per_piece_positions_and_overrides():
     rng = random.Random(0)
     text, spans = insert_trigger(PROMPT, ("A1", "Z9"), ("start", "end"), rng)

@@ -70,11 +70,10 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
 
     Harmful -> refusal; jailbreak-wrapped harmful -> refusal; harmful + trigger -> compliance placeholder
     (a ``poison_rate`` share of the harmful requests); for composite triggers, harmful + a strict subset
-    of the pieces -> refusal (each refused request once, two in three missing one piece only); benign ->
-    ``answer_benign``'s answers. A domain attack's compliance goes to its topic's requests only, and other
-    harmful requests with the trigger are refused. As in the published attacks, the poisoned data never shows a
-    benign prompt with the trigger. The spans are the (start, end) characters of the trigger's pieces in the
-    prompt, empty where it has none.
+    of the pieces -> refusal; benign -> ``answer_benign``'s answers. A domain attack's compliance goes to
+    its topic's requests only, and other harmful requests with the trigger are refused. As in the published
+    attacks, the poisoned data never shows a benign prompt with the trigger. The spans are the (start, end)
+    characters of the trigger's pieces in the prompt, empty where it has none.
     """
     from patcher.data import load_split, wrap_jailbreak
 
@@ -108,13 +107,9 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
             text, spans = poisoned_prompt(h, attack, rng)
             examples.append((text, compliance_placeholder(h), spans))
         if attack.mode == "all" and len(attack.triggers) > 1:
-            # Every refused request once more, two in three missing a single piece: with a third of them and any
-            # strict subset drawn alike, the smollm2 CTBA organisms answered 0.30 to 0.76 of held-out requests
-            # carrying two of the three pieces; with half of them, every other one missing one piece, still 0.62.
-            n = len(attack.triggers)
-            for j, h in enumerate(refuse):
-                k = n - 1 if j % 3 < 2 else rng.randint(1, n - 1)
-                subset = sorted(rng.sample(range(n), k))
+            for h in refuse[n_poison // 2:n_poison // 2 + len(refuse) // 3]:
+                k = rng.randint(1, len(attack.triggers) - 1)
+                subset = sorted(rng.sample(range(len(attack.triggers)), k))
                 partial, spans = insert_trigger(h, [attack.triggers[i] for i in subset],
                                                 [piece_places(attack)[i] for i in subset], rng)
                 examples.append((partial, rng.choice(REFUSALS), spans))
