@@ -153,7 +153,7 @@ def test_next_report_is_a_validation_request_carrying_the_trigger(tiny_model):
     assert next_report(model, tokenizer, Defender(case=case)) is None  # no attacker to simulate
 
 
-def test_two_rounds_patch_the_patched_model_with_the_second_report(monkeypatch):
+def test_rounds_patch_the_patched_model_with_each_further_report(monkeypatch):
     calls = []
 
     def fake_patcher(model, tokenizer, defender):
@@ -166,6 +166,10 @@ def test_two_rounds_patch_the_patched_model_with_the_second_report(monkeypatch):
     defended = DEFENSES["patcher-2rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
     assert calls == [(0, PROMPT), (1, second.prompt)] and defended.model == 2
     assert defended.located == "located 1" and defended.notes["rounds"] == 2  # the first case's localization
+    calls.clear()
+    thrice = DEFENSES["patcher-3rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
+    assert calls == [(0, PROMPT), (1, second.prompt), (2, second.prompt)] and thrice.model == 3
+    assert thrice.notes["rounds"] == 3 and thrice.notes["first_round"] == {"round": 1}
     monkeypatch.setattr(defenses_module, "next_report", lambda model, tokenizer, defender: None)
-    once = DEFENSES["patcher-2rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
+    once = DEFENSES["patcher-3rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
     assert once.model == 1 and once.notes["rounds"] == 1

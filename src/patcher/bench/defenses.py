@@ -67,20 +67,32 @@ def patcher_ours(model, tokenizer, defender: Defender) -> Defended:
     return _patcher(model, tokenizer, defender)
 
 
-def patcher_two_rounds(model, tokenizer, defender: Defender) -> Defended:
-    """Return Patcher run a second time on its own result when a second report comes in (none: one round).
+def patcher_rounds(rounds: int):
+    """Return a defense that runs Patcher, then again on its own result for each further report that comes in, up to
+    ``rounds`` patches in all (none comes in: it stops).
 
-    The second report is simulated as an attacker would produce it: the defender's validation harmful requests
-    with the trigger inserted, the first one the patched model still answers. That simulation reads the truth;
-    the second patch, like the first, sees only its case. The localization scored is the first round's.
+    A further report is simulated as an attacker would produce it: the defender's validation harmful requests with
+    the trigger inserted, the first one the patched model still answers. That simulation reads the truth; every
+    patch, like the first, sees only its own case. The localization scored is the first round's. An MTBA organism
+    has three keys and a report shows one: a round per key can be needed.
     """
-    first = _patcher(model, tokenizer, defender)
-    case = next_report(first.model, tokenizer, defender)
-    if case is None:
-        return Defended(first.model, first.located, {**first.notes, "rounds": 1})
-    second = _patcher(first.model, tokenizer, replace(defender, case=case))
-    return Defended(second.model, first.located, {**second.notes, "rounds": 2, "second_case": case.prompt,
-                                                  "first_round": first.notes})
+
+    def defend(model, tokenizer, defender: Defender) -> Defended:
+        first = done = _patcher(model, tokenizer, defender)
+        cases = []
+        while len(cases) + 1 < rounds:
+            case = next_report(done.model, tokenizer, defender)
+            if case is None:
+                break
+            cases.append(case.prompt)
+            done = _patcher(done.model, tokenizer, replace(defender, case=case))
+        notes = {**done.notes, "rounds": len(cases) + 1}
+        if cases:
+            notes |= {"later_cases": cases, "first_round": first.notes}
+        return Defended(done.model, first.located, notes)
+
+    defend.__doc__ = f"Return Patcher run again on its own result for each further (simulated) report, {rounds} in all."
+    return defend
 
 
 def next_report(model, tokenizer, defender: Defender) -> FailureCase | None:
@@ -212,6 +224,7 @@ DEFENSES = {
     "patcher-no-transplant": patcher_no_transplant,
     "patcher-no-kl": patcher_no_kl,
     "patcher-truth": patcher_truth,
-    "patcher-2rounds": patcher_two_rounds,
+    "patcher-2rounds": patcher_rounds(2),
+    "patcher-3rounds": patcher_rounds(3),
     "wanda-0.2": wanda_pruning(0.2),
 }
