@@ -91,7 +91,8 @@ def patcher_rounds(rounds: int):
             notes |= {"later_cases": cases, "first_round": first.notes}
         return Defended(done.model, first.located, notes)
 
-    defend.__doc__ = f"Return Patcher, run again on its own result for each further (simulated) report: up to {rounds} patches."
+    defend.__doc__ = (f"Return Patcher, run again on its own result for each further (simulated) report: up to "
+                      f"{rounds} patches.")
     return defend
 
 
