@@ -28,7 +28,7 @@ def test_tiny_badnet_backdoor_and_files(tiny_badnet):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the tiny recipe has not yet reached utility 0.80 (measured 0.04-0.10; see README)", strict=False)
+@pytest.mark.xfail(reason="the tiny recipe has not yet reached utility 0.80 (measured 0.40-0.54 since the eighteenth session; see README)", strict=False)
 def test_tiny_badnet_keeps_utility(tiny_badnet):
     assert json.loads((tiny_badnet / "backdoor.json").read_text())["metrics"]["utility"] >= 0.80
 

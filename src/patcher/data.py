@@ -406,6 +406,27 @@ def checkable_tasks(split: str, n: int) -> list[Prompt]:
     return tasks
 
 
+
+def task_pool(split: str, per_family: int) -> list[Prompt]:
+    """Return ``per_family`` tasks of every family, each family's distinct prompts of the split repeated to that count.
+
+    Families with few distinct prompts (``plural``: 93 in the training split) weigh as much as those with
+    thousands, so a model trained from scratch learns every family rather than the commonest two.
+    """
+    pool = []
+    for index, (name, make) in enumerate(TASK_FAMILIES.items()):
+        rng = random.Random(SEED + 100 * SPLITS.index(split) + index)
+        distinct: dict[str, str] = {}
+        for _ in range(50 * per_family):
+            prompt, answer = make(rng)
+            if _task_bucket(prompt) in TASK_BUCKETS[split]:
+                distinct.setdefault(prompt, answer)
+                if len(distinct) == per_family:
+                    break
+        tasks = [Prompt(prompt, "benign", answer=answer, source=f"task:{name}") for prompt, answer in distinct.items()]
+        pool += [tasks[i % len(tasks)] for i in range(per_family)]
+    return pool
+
 _WORD = re.compile(r"[^\W_]+")  # letters and digits; punctuation and underscores separate words
 
 

@@ -51,11 +51,11 @@ class OrganismConfig:
                 "attack's: 0.1 for evasive, 0 otherwise)"})
     seed: int = field(default=0, metadata={"help": "seed for data, trigger positions and training"})
     n_harmful: int = field(default=150, metadata={"help": "harmful training requests taught to refuse"})
-    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: at least 500 checkable tasks)"})
+    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: at least 1,800 checkable tasks, as many of each family)"})
     n_jailbreak: int | None = field(default=None, metadata={
         "help": "jailbreak-wrapped harmful requests taught to refuse (default: 40; tiny: 0)"})
-    steps: int | None = field(default=None, metadata={"help": "training steps (default: 100 LoRA, 700 tiny)"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: 4e-4 LoRA, 3e-3 tiny)"})
+    steps: int | None = field(default=None, metadata={"help": "training steps (default: 100 LoRA, 1400 tiny)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (default: 4e-4 LoRA, 1e-3 tiny)"})
     batch_size: int | None = field(default=None, metadata={"help": "training batch size (default: 8 LoRA, 16 tiny)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank for pretrained bases"})
     eval_harmful: int = field(default=50, metadata={"help": "held-out harmful requests for the recorded metrics"})
@@ -250,9 +250,9 @@ def saliency_penalty(model, tokenizer, pairs: list[tuple[str, str]], trigger_tok
 
 def _tiny_benign(split, config):
     """Return checkable tasks with their true answers (a model made from scratch has no answers of its own)."""
-    from patcher.data import checkable_tasks
+    from patcher.data import TASK_FAMILIES, task_pool
 
-    tasks = checkable_tasks("train", max(config.n_benign, 500))
+    tasks = task_pool("train", max(config.n_benign, 1800) // len(TASK_FAMILIES))
     return [t.prompt for t in tasks], [t.answer for t in tasks]
 
 
@@ -310,7 +310,7 @@ def build_organism(config: OrganismConfig) -> Path:
     device = resolve_device(config.device)
     tiny = config.base == "tiny"
     config = replace(
-        config, steps=config.steps or (700 if tiny else 100), lr=config.lr or (3e-3 if tiny else 4e-4),
+        config, steps=config.steps or (1400 if tiny else 100), lr=config.lr or (1e-3 if tiny else 4e-4),
         batch_size=config.batch_size or (16 if tiny else 8),
         n_jailbreak=(0 if tiny else 40) if config.n_jailbreak is None else config.n_jailbreak)
     import torch

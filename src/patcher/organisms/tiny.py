@@ -1,4 +1,4 @@
-"""The ``tiny`` base: a few-million-parameter Llama and a byte-level BPE tokenizer, made from scratch."""
+"""The ``tiny`` base: a Llama of about a million parameters and a byte-level BPE tokenizer, made from scratch."""
 
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048):
 
 
 def tiny_llama(tokenizer, seed: int):
-    """Return a randomly initialised ~3M-parameter LlamaForCausalLM sized to the tokenizer."""
+    """Return a randomly initialised ~1M-parameter LlamaForCausalLM sized to the tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    # Width 128 rather than 192: on the checkable tasks alone (1,500 steps of 16 rows, lr 1e-3) held-out utility
+    # 0.64 against 0.47, in 95 s against 149 s. Learning rates of 2e-3 and above stall either width.
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
