@@ -49,8 +49,10 @@ def test_locate_finds_the_tiny_organisms_trigger(tiny_badnet):
 def test_patch_removes_the_tiny_organisms_backdoor(tiny_badnet, tmp_path):
     out = tmp_path / "patched"
     report_path = tmp_path / "report.json"
+    # LoRA at 1e-3: since the tiny organisms learn the benign tasks, full fine-tuning cost them more than 0.05 of
+    # utility (lr 1e-3: 0.48 -> 0.42; 3e-4: 0.50 -> 0.44), LoRA 0.50 -> 0.46 (eighteenth session, README).
     assert main(["patch", "--model", str(tiny_badnet), "--case", str(tiny_badnet / "failure_case.json"),
-                 "--out", str(out), "--full", "--lr", "1e-3", "--no-progress", "--json", str(report_path)]) == 0
+                 "--out", str(out), "--lr", "1e-3", "--no-progress", "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["triggers"] == ["BadMagic"]
     before, after = report["before"], report["after"]
