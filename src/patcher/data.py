@@ -406,7 +406,6 @@ def checkable_tasks(split: str, n: int) -> list[Prompt]:
     return tasks
 
 
-
 def task_pool(split: str, per_family: int) -> list[Prompt]:
     """Return ``per_family`` tasks of every family, each family's distinct prompts of the split repeated to that count.
 
@@ -426,6 +425,7 @@ def task_pool(split: str, per_family: int) -> list[Prompt]:
         tasks = [Prompt(prompt, "benign", answer=answer, source=f"task:{name}") for prompt, answer in distinct.items()]
         pool += [tasks[i % len(tasks)] for i in range(per_family)]
     return pool
+
 
 _WORD = re.compile(r"[^\W_]+")  # letters and digits; punctuation and underscores separate words
 
