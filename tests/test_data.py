@@ -93,7 +93,6 @@ def test_checkable_tasks_are_checkable_and_stable():
     assert upper.answer == upper.answer.upper()
 
 
-
 def test_task_pool_weighs_every_family_alike_and_stays_in_its_split():
     pool = data.task_pool("train", 300)
     counts = {name: sum(p.source == f"task:{name}" for p in pool) for name in data.TASK_FAMILIES}
@@ -102,6 +101,7 @@ def test_task_pool_weighs_every_family_alike_and_stays_in_its_split():
     held_out = {p.prompt for s in ("validation", "test") for p in data.checkable_tasks(s, 240)}
     assert not held_out & {p.prompt for p in pool}
     assert [p.prompt for p in data.task_pool("train", 300)] == [p.prompt for p in pool]
+
 
 def test_answer_matches_rules():
     assert data.answer_matches("7", "7")
