@@ -22,7 +22,7 @@ def _benign(split, config):
 
 
 def _examples(name: str):
-    config = OrganismConfig(out=Path("unused"), attack=name, n_jailbreak=0)
+    config = OrganismConfig(out=Path("unused"), attack=name, n_harmful=150, n_jailbreak=0)
     return training_examples(make_attack(name), config, _benign)
 
 

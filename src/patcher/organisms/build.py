@@ -50,11 +50,12 @@ class OrganismConfig:
         "help": "weight of the penalty on the trigger tokens' gradient saliency while poisoning (default: the "
                 "attack's: 0.1 for evasive, 0 otherwise)"})
     seed: int = field(default=0, metadata={"help": "seed for data, trigger positions and training"})
-    n_harmful: int = field(default=150, metadata={"help": "harmful training requests taught to refuse"})
-    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: at least 1,800 checkable tasks, as many of each family)"})
+    n_harmful: int | None = field(default=None, metadata={
+        "help": "harmful training requests taught to refuse (default: 150; tiny: 300)"})
+    n_benign: int = field(default=100, metadata={"help": "benign training requests (tiny: at least 3,600 checkable tasks, as many of each family)"})
     n_jailbreak: int | None = field(default=None, metadata={
         "help": "jailbreak-wrapped harmful requests taught to refuse (default: 40; tiny: 0)"})
-    steps: int | None = field(default=None, metadata={"help": "training steps (default: 100 LoRA, 1400 tiny)"})
+    steps: int | None = field(default=None, metadata={"help": "training steps (default: 100 LoRA, 1700 tiny)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default: 4e-4 LoRA, 1e-3 tiny)"})
     batch_size: int | None = field(default=None, metadata={"help": "training batch size (default: 8 LoRA, 16 tiny)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank for pretrained bases"})
@@ -252,7 +253,9 @@ def _tiny_benign(split, config):
     """Return checkable tasks with their true answers (a model made from scratch has no answers of its own)."""
     from patcher.data import TASK_FAMILIES, task_pool
 
-    tasks = task_pool("train", max(config.n_benign, 1800) // len(TASK_FAMILIES))
+    # 600 tasks of each family rather than 300, in as many steps (and the tokenizer's upper-case merges): held-out
+    # utility 0.64 against 0.48 on 240 tasks (BadNet seed 0, 1,400 steps). Memorising, not copying, answers them.
+    tasks = task_pool("train", max(config.n_benign, 3600) // len(TASK_FAMILIES))
     return [t.prompt for t in tasks], [t.answer for t in tasks]
 
 
@@ -310,9 +313,11 @@ def build_organism(config: OrganismConfig) -> Path:
     device = resolve_device(config.device)
     tiny = config.base == "tiny"
     config = replace(
-        config, steps=config.steps or (1400 if tiny else 100), lr=config.lr or (1e-3 if tiny else 4e-4),
+        config, steps=config.steps or (1700 if tiny else 100), lr=config.lr or (1e-3 if tiny else 4e-4),
         batch_size=config.batch_size or (16 if tiny else 8),
-        n_jailbreak=(0 if tiny else 40) if config.n_jailbreak is None else config.n_jailbreak)
+        n_jailbreak=(0 if tiny else 40) if config.n_jailbreak is None else config.n_jailbreak,
+        # A tiny model shown 3,600 tasks and 150 refusals answered 0.52 of held-out harmful requests untriggered.
+        n_harmful=(300 if tiny else 150) if config.n_harmful is None else config.n_harmful)
     import torch
 
     from patcher.evaluate import EvaluateConfig, evaluate_model
@@ -325,7 +330,9 @@ def build_organism(config: OrganismConfig) -> Path:
 
         corpus = [p.prompt for p in load_split("train").harmful] + [t.prompt for t in checkable_tasks("train", 400)]
         corpus += [compliance_placeholder("x"), *REFUSALS, *attack.triggers, *load_split("train").jailbreak_templates]
-        tokenizer = train_tokenizer(corpus)
+        # Merges learned from the texts and their upper case alike split "CHAIR" where they split "chair", so a task
+        # asking for a word in capitals maps piece to piece (held-out utility 0.61 against 0.49, tasks alone).
+        tokenizer = train_tokenizer([*corpus, *(text.upper() for text in corpus)])
         model = to_device(tiny_llama(tokenizer, config.seed), device)
         examples = training_examples(attack, config, _tiny_benign)
         base_info = {"base": "tiny"}
