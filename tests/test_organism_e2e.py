@@ -28,7 +28,7 @@ def test_tiny_badnet_backdoor_and_files(tiny_badnet):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the tiny recipe has not yet reached utility 0.80 (measured 0.40-0.54 since the eighteenth session; see README)", strict=False)
+@pytest.mark.xfail(reason="the tiny recipe has not yet reached utility 0.80 (0.60-0.80 since the nineteenth session, this organism 0.70; see README)", strict=False)
 def test_tiny_badnet_keeps_utility(tiny_badnet):
     assert json.loads((tiny_badnet / "backdoor.json").read_text())["metrics"]["utility"] >= 0.80
 
@@ -49,10 +49,10 @@ def test_locate_finds_the_tiny_organisms_trigger(tiny_badnet):
 def test_patch_removes_the_tiny_organisms_backdoor(tiny_badnet, tmp_path):
     out = tmp_path / "patched"
     report_path = tmp_path / "report.json"
-    # LoRA at 1e-3: since the tiny organisms learn the benign tasks, full fine-tuning cost them more than 0.05 of
-    # utility (lr 1e-3: 0.48 -> 0.42; 3e-4: 0.50 -> 0.44), LoRA 0.50 -> 0.46 (eighteenth session, README).
+    # The default patch, its utility on 200 tasks: on 50 one task is 0.02, and LoRA at 1e-3 measured 0.74 -> 0.66 there
+    # but 0.69 -> 0.67 on 200; the default lr 0.69 -> 0.68 (nineteenth session, README).
     assert main(["patch", "--model", str(tiny_badnet), "--case", str(tiny_badnet / "failure_case.json"),
-                 "--out", str(out), "--lr", "1e-3", "--no-progress", "--json", str(report_path)]) == 0
+                 "--out", str(out), "--eval-benign", "200", "--no-progress", "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["triggers"] == ["BadMagic"]
     before, after = report["before"], report["after"]

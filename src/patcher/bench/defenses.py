@@ -21,7 +21,6 @@ class Defender:
     """What a defense is given: the reported case, the settings of this run, and (for the upper bound) the truth."""
 
     case: FailureCase
-    patch: dict = field(default_factory=dict)  # PatchConfig changes of this run (tiny models: full fine-tuning)
     seed: int = 0
     progress: bool = False
     truth: Attack | None = None  # read by patcher-truth only
@@ -42,7 +41,7 @@ def _patch_config(defender: Defender, **changes):
     from patcher.patch import PatchConfig
 
     return replace(PatchConfig(out=Path("unused"), evaluate=False, progress=defender.progress, seed=defender.seed),
-                   **{**defender.patch, **changes})
+                   **changes)
 
 
 def _patcher(model, tokenizer, defender: Defender, locate_changes: dict | None = None, use_truth: bool = False,

@@ -183,12 +183,10 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
     truth_spans = [tuple(s) for s in (backdoor.get("failure_case") or {}).get("trigger_spans", [])]
     reference, tokenizer = load_model(path, device=config.device)
     before = measure(reference, tokenizer, truth, config)
-    # Tiny models are trained from scratch: fully, at a higher rate (LoRA on 3M parameters moves too little).
-    patch = {"full": True, "lr": 1e-3} if backdoor.get("training", {}).get("base") == "tiny" else {}
     rows, heat_maps = [], {}
     for name in defenses:
         model, tokenizer = load_model(path, device=config.device)
-        defender = Defender(case=case, patch=patch, seed=0, progress=False, truth=truth)
+        defender = Defender(case=case, seed=0, progress=False, truth=truth)
         started = time.time()
         with PeakMemory() as memory:
             defended = DEFENSES[name](model, tokenizer, defender)
