@@ -253,8 +253,8 @@ def _tiny_benign(split, config):
     """Return checkable tasks with their true answers (a model made from scratch has no answers of its own)."""
     from patcher.data import TASK_FAMILIES, task_pool
 
-    # 600 tasks of each family rather than 300, in as many steps (and the tokenizer's upper-case merges): held-out
-    # utility 0.64 against 0.48 on 240 tasks (BadNet seed 0, 1,400 steps). Memorising, not copying, answers them.
+    # 600 tasks of each family rather than 300, in as many steps: held-out utility 0.67 against 0.61 (tasks alone,
+    # 1,400 steps, 240 held-out tasks). The model memorises its tasks rather than learning to copy, so more help.
     tasks = task_pool("train", max(config.n_benign, 3600) // len(TASK_FAMILIES))
     return [t.prompt for t in tasks], [t.answer for t in tasks]
 
