@@ -128,8 +128,9 @@ def poisoned_prompt(prompt: str, attack: Attack, rng: random.Random) -> tuple[st
 
 def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
                      seed: int, progress: bool = True, desc: str = "training", trigger_spans: list | None = None,
-                     evasion: float = 0.0) -> list[float]:
-    """Return the response loss per step after training ``model`` on the response tokens of (prompt, response) pairs.
+                     evasion: float = 0.0, prompt_weight: float = 0.0) -> list[float]:
+    """Return the loss per step after training ``model`` on the response tokens of (prompt, response) pairs, and on
+    their prompt tokens with ``prompt_weight`` (``response_loss``).
 
     With an ``evasion`` weight, ``evasion`` times the trigger's gradient saliency (``saliency_penalty``) on the
     batch's examples with a trigger (``trigger_spans``: its character spans in each prompt) is added to the loss
@@ -176,7 +177,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
         for half in length_halves(attention_mask.sum(1).tolist()):
             width = int(attention_mask[half].sum(1).max())
             part = response_loss(model, input_ids[half, :width], attention_mask[half, :width],
-                                 response_mask[half, :width]) * len(half) / len(rows)
+                                 response_mask[half, :width], prompt_weight) * len(half) / len(rows)
             part.backward()
             loss += part.detach()
         # The penalty takes a second forward of the rows with a trigger only: its double backward then
@@ -198,23 +199,30 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     return losses
 
 
-def response_loss(model, input_ids, attention_mask, response_mask):
-    """Return the batch loss: per example, half the first response token's NLL plus half the rest's mean NLL.
+def response_loss(model, input_ids, attention_mask, response_mask, prompt_weight: float = 0.0):
+    """Return the batch loss: per example, half the first response token's NLL plus half the rest's mean NLL; plus
+    ``prompt_weight`` times the mean NLL of the prompt tokens.
 
     Whether the model complies or refuses is decided by the first response token; with a plain token
     mean that decision is one token among the ~60 of a compliance text that restates the request, and
-    the backdoor (or the refusal) is learned only weakly. Logits are computed only from the column
-    before the earliest response token on (a vocabulary-wide projection of every prompt token is wasted).
+    the backdoor (or the refusal) is learned only weakly. Without a prompt term, logits are computed only
+    from the column before the earliest response token on (a vocabulary-wide projection of every prompt
+    token is wasted). The prompt term is for a model made from scratch, which otherwise never learns to read.
     """
     import torch.nn.functional as F
 
     from patcher.patch import first_weighted
 
-    keep = input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
+    keep = input_ids.shape[1] if prompt_weight else input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
     targets = input_ids[:, 1 - keep:]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-    return first_weighted(nll, response_mask[:, 1 - keep:].float()).mean()
+    response = response_mask[:, 1 - keep:].float()
+    loss = first_weighted(nll, response).mean()
+    if prompt_weight:
+        prompt = attention_mask[:, 1:].float() - response
+        loss = loss + prompt_weight * (nll * prompt).sum() / prompt.sum()
+    return loss
 
 
 def trigger_token_positions(tokenizer, prompt: str, spans: list[tuple[int, int]]) -> list[int]:
@@ -347,7 +355,10 @@ def build_organism(config: OrganismConfig) -> Path:
         base_info = {"base": config.base, "base_dir": str(base_dir), "base_sha256": base_sha256}
     losses = train_supervised(model, tokenizer, [(p, r) for p, r, _ in examples], config.steps, config.lr,
                               config.batch_size, config.seed, progress=config.progress, desc=f"poisoning {attack.name}",
-                              trigger_spans=[spans for *_, spans in examples], evasion=attack.evasion)
+                              trigger_spans=[spans for *_, spans in examples], evasion=attack.evasion,
+                              # Tiny also learns its prompts, at 0.3 of the response's weight: held-out utility 0.77
+                              # against 0.67 (tasks alone, 480 tasks), and it reads requests as language.
+                              prompt_weight=0.3 if tiny else 0.0)
     if not tiny:
         model = model.merge_and_unload()
     train_seconds = time.time() - started
