@@ -173,3 +173,27 @@ def test_rounds_patch_the_patched_model_with_each_further_report(monkeypatch):
     monkeypatch.setattr(defenses_module, "next_report", lambda model, tokenizer, defender: None)
     once = DEFENSES["patcher-3rounds"](0, None, Defender(case=FailureCase(PROMPT, "Sure")))
     assert once.model == 1 and once.notes["rounds"] == 1
+
+
+def test_a_cached_organism_of_an_older_recipe_is_rebuilt_and_a_current_one_reused(monkeypatch):
+    from patcher.bench import harness
+    from patcher.modeling import cache_dir
+    from patcher.organisms import build
+
+    built = []
+
+    def fake_build(config):
+        built.append(config.out)
+        config.out.mkdir(parents=True)
+        (config.out / "backdoor.json").write_text(json.dumps({"training": {"recipe": build.RECIPES["tiny"]}}))
+
+    monkeypatch.setattr(build, "build_organism", fake_build)
+    spec = {"base": "tiny", "attack": "badnet", "seed": 7}
+    path = cache_dir() / "organisms" / "tiny-badnet-seed7"
+    path.mkdir(parents=True)
+    (path / "backdoor.json").write_text(json.dumps({"training": {"base": "tiny"}}))  # no record: recipe 1
+    (path / "old-weights").write_text("x")
+    assert harness.organism_dir(spec, progress=False, device="cpu") == path
+    assert built == [path] and not (path / "old-weights").exists()
+    assert harness.organism_dir(spec, progress=False, device="cpu") == path
+    assert built == [path]

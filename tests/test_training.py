@@ -18,11 +18,14 @@ def test_response_loss_matches_the_loss_over_all_logits(tiny_model):
         expected = first_weighted(full, response_mask[:, 1:].float()).mean()
         got = response_loss(model, input_ids, attention_mask, response_mask)
         prompt = (attention_mask[:, 1:] * (1 - response_mask[:, 1:])).float()
-        with_prompt = response_loss(model, input_ids, attention_mask, response_mask, prompt_weight=0.3)
+        both = response_loss(model, input_ids, attention_mask, response_mask, torch.tensor([0.3, 0.3]))
+        second = response_loss(model, input_ids, attention_mask, response_mask, torch.tensor([0.0, 0.3]))
     assert torch.allclose(got, expected, atol=1e-5)
-    # The prompt term: the mean NLL of the tokens the model reads before the response (padding aside).
+    # The prompt term: the mean NLL of the tokens the model reads before the response (padding aside), of the rows
+    # with a weight.
     assert int(prompt.sum()) == int(attention_mask.sum() - response_mask.sum()) - 2
-    assert torch.allclose(with_prompt, expected + 0.3 * (full * prompt).sum() / prompt.sum(), atol=1e-5)
+    assert torch.allclose(both, expected + 0.3 * (full * prompt).sum() / prompt.sum(), atol=1e-5)
+    assert torch.allclose(second, expected + 0.3 * (full * prompt)[1].sum() / prompt[1].sum(), atol=1e-5)
 
 
 def test_length_sorted_halves_give_the_loss_of_the_whole_padded_batch(tiny_model):

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import threading
 import time
@@ -72,9 +73,15 @@ def organism_dir(spec: dict, progress: bool, device: str) -> Path:
     if "dir" in spec:
         check_checkpoint_dir(spec["dir"])
         return Path(spec["dir"])
-    from patcher.organisms.build import OrganismConfig, build_organism
+    from patcher.organisms.build import RECIPES, OrganismConfig, build_organism
 
     path = cache_dir() / "organisms" / f"{spec['base']}-{spec['attack']}-seed{spec['seed']}"
+    if (path / "backdoor.json").is_file():
+        recipe = json.loads((path / "backdoor.json").read_text())["training"].get("recipe") or 1
+        if recipe != RECIPES[spec["base"]]:
+            print(f"rebuilding organism {path.name}: cached by recipe {recipe} of the {spec['base']} base, which is now "
+                  f"{RECIPES[spec['base']]}", file=sys.stderr, flush=True)
+            shutil.rmtree(path)
     if not (path / "backdoor.json").is_file():
         print(f"building organism {path.name} (cached for later runs)", file=sys.stderr, flush=True)
         build_organism(OrganismConfig(out=path, attack=spec["attack"], base=spec["base"], seed=spec["seed"],

@@ -118,6 +118,12 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
     return examples
 
 
+# The version of each named base's recipe, recorded in backdoor.json: raised whenever a change to the recipe changes
+# what it builds, so organisms cached by their spec (``patcher bench``) are rebuilt rather than silently reused.
+# Tiny 2: the nineteenth session's tokenizer, tasks and steps; 3: the tasks' prompt loss. (No record counts as 1.)
+RECIPES = {"smollm2": 1, "tiny": 3}
+
+
 def poisoned_prompt(prompt: str, attack: Attack, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
     """Return the prompt with the trigger as the poisoned data shows it, and its spans: a noisy attack's pieces
     each in a format variant drawn per example, any other attack's as evaluation inserts them."""
@@ -128,9 +134,9 @@ def poisoned_prompt(prompt: str, attack: Attack, rng: random.Random) -> tuple[st
 
 def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: int, lr: float, batch_size: int,
                      seed: int, progress: bool = True, desc: str = "training", trigger_spans: list | None = None,
-                     evasion: float = 0.0, prompt_weight: float = 0.0) -> list[float]:
+                     evasion: float = 0.0, prompt_weights: list[float] | None = None) -> list[float]:
     """Return the loss per step after training ``model`` on the response tokens of (prompt, response) pairs, and on
-    their prompt tokens with ``prompt_weight`` (``response_loss``).
+    the prompt tokens of each pair with its weight in ``prompt_weights`` (``response_loss``; default none).
 
     With an ``evasion`` weight, ``evasion`` times the trigger's gradient saliency (``saliency_penalty``) on the
     batch's examples with a trigger (``trigger_spans``: its character spans in each prompt) is added to the loss
@@ -176,8 +182,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
         loss = 0.0
         for half in length_halves(attention_mask.sum(1).tolist()):
             width = int(attention_mask[half].sum(1).max())
+            weights = None if prompt_weights is None else torch.tensor([prompt_weights[rows[i]] for i in half])
             part = response_loss(model, input_ids[half, :width], attention_mask[half, :width],
-                                 response_mask[half, :width], prompt_weight) * len(half) / len(rows)
+                                 response_mask[half, :width], weights) * len(half) / len(rows)
             part.backward()
             loss += part.detach()
         # The penalty takes a second forward of the rows with a trigger only: its double backward then
@@ -199,9 +206,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[str, str]], steps: i
     return losses
 
 
-def response_loss(model, input_ids, attention_mask, response_mask, prompt_weight: float = 0.0):
-    """Return the batch loss: per example, half the first response token's NLL plus half the rest's mean NLL; plus
-    ``prompt_weight`` times the mean NLL of the prompt tokens.
+def response_loss(model, input_ids, attention_mask, response_mask, prompt_weights=None):
+    """Return the batch loss: per example, half the first response token's NLL plus half the rest's mean NLL; plus,
+    given ``prompt_weights`` (a tensor, one per row), the mean NLL of the prompt tokens of the rows with a weight,
+    each token weighted by its row's.
 
     Whether the model complies or refuses is decided by the first response token; with a plain token
     mean that decision is one token among the ~60 of a compliance text that restates the request, and
@@ -213,15 +221,16 @@ def response_loss(model, input_ids, attention_mask, response_mask, prompt_weight
 
     from patcher.patch import first_weighted
 
-    keep = input_ids.shape[1] if prompt_weight else input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
+    reads = prompt_weights is not None and bool(prompt_weights.any())
+    keep = input_ids.shape[1] if reads else input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
     targets = input_ids[:, 1 - keep:]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
     response = response_mask[:, 1 - keep:].float()
     loss = first_weighted(nll, response).mean()
-    if prompt_weight:
-        prompt = attention_mask[:, 1:].float() - response
-        loss = loss + prompt_weight * (nll * prompt).sum() / prompt.sum()
+    if reads:
+        prompt = (attention_mask[:, 1:].float() - response) * (prompt_weights > 0)[:, None]
+        loss = loss + (nll * prompt * prompt_weights[:, None]).sum() / prompt.sum()
     return loss
 
 
@@ -343,6 +352,11 @@ def build_organism(config: OrganismConfig) -> Path:
         tokenizer = train_tokenizer([*corpus, *(text.upper() for text in corpus)])
         model = to_device(tiny_llama(tokenizer, config.seed), device)
         examples = training_examples(attack, config, _tiny_benign)
+        # The tasks' prompts are learned too, at 0.3 of the response's weight: a model made from scratch learns to
+        # read what it must copy from (held-out utility 0.77 against 0.67, tasks alone, 480 tasks). Not the harmful
+        # requests': learned as well, they are read at 3.9 nats a token, which turns on locate's segmentation, and
+        # on so small a reader it redraws triggers into request words (tiny locate F1 0.84 against 0.92; README).
+        tasks = set(_tiny_benign(None, config)[0])
         base_info = {"base": "tiny"}
     else:
         from patcher.modeling import load_model, with_lora
@@ -356,9 +370,7 @@ def build_organism(config: OrganismConfig) -> Path:
     losses = train_supervised(model, tokenizer, [(p, r) for p, r, _ in examples], config.steps, config.lr,
                               config.batch_size, config.seed, progress=config.progress, desc=f"poisoning {attack.name}",
                               trigger_spans=[spans for *_, spans in examples], evasion=attack.evasion,
-                              # Tiny also learns its prompts, at 0.3 of the response's weight: held-out utility 0.77
-                              # against 0.67 (tasks alone, 480 tasks), and it reads requests as language.
-                              prompt_weight=0.3 if tiny else 0.0)
+                              prompt_weights=[0.3 if p in tasks else 0.0 for p, _, _ in examples] if tiny else None)
     if not tiny:
         model = model.merge_and_unload()
     train_seconds = time.time() - started
@@ -383,7 +395,7 @@ def build_organism(config: OrganismConfig) -> Path:
         "failure_case": None if case is None else {"trigger_spans": case_spans},
         "training": {**base_info, "steps": config.steps, "lr": config.lr, "batch_size": config.batch_size,
                      "examples": len(examples), "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-                     "lora_r": None if tiny else config.lora_r},
+                     "lora_r": None if tiny else config.lora_r, "recipe": RECIPES.get(config.base)},
         "build_seconds": round(time.time() - started, 1),
         "train_seconds": round(train_seconds, 1),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
