@@ -354,7 +354,7 @@ def build_organism(config: OrganismConfig) -> Path:
         examples = training_examples(attack, config, _tiny_benign)
         # The tasks' prompts are learned too, at 0.3 of the response's weight: a model made from scratch learns to
         # read what it must copy from (held-out utility 0.77 against 0.67, tasks alone, 480 tasks). Not the harmful
-        # requests': learned as well, they are read at 3.9 nats a token, which turns on locate's segmentation, and
+        # requests': learned as well, they are read at 3.8 nats a token, which turns on locate's segmentation, and
         # on so small a reader it redraws triggers into request words (tiny locate F1 0.84 against 0.92; README).
         tasks = set(_tiny_benign(None, config)[0])
         base_info = {"base": "tiny"}
