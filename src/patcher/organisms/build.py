@@ -266,7 +266,7 @@ def saliency_penalty(model, tokenizer, pairs: list[tuple[str, str]], trigger_tok
     return torch.stack([grad[row, tokens].norm(dim=-1).mean() for row, tokens in enumerate(trigger_tokens)]).mean()
 
 
-def _tiny_benign(split, config):
+def _tiny_benign(config):
     """Return checkable tasks with their true answers (a model made from scratch has no answers of its own)."""
     from patcher.data import TASK_FAMILIES, task_pool
 
@@ -351,12 +351,13 @@ def build_organism(config: OrganismConfig) -> Path:
         # asking for a word in capitals maps piece to piece (held-out utility 0.61 against 0.49, tasks alone).
         tokenizer = train_tokenizer([*corpus, *(text.upper() for text in corpus)])
         model = to_device(tiny_llama(tokenizer, config.seed), device)
-        examples = training_examples(attack, config, _tiny_benign)
+        task_prompts, task_answers = _tiny_benign(config)
+        examples = training_examples(attack, config, lambda split, config: (task_prompts, task_answers))
         # The tasks' prompts are learned too, at 0.3 of the response's weight: a model made from scratch learns to
         # read what it must copy from (held-out utility 0.77 against 0.67, tasks alone, 480 tasks). Not the harmful
         # requests': learned as well, they are read at 3.8 nats a token, which turns on locate's segmentation, and
         # on so small a reader it redraws triggers into request words (tiny locate F1 0.84 against 0.92; README).
-        tasks = set(_tiny_benign(None, config)[0])
+        tasks = set(task_prompts)
         base_info = {"base": "tiny"}
     else:
         from patcher.modeling import load_model, with_lora
