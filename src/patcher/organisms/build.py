@@ -120,8 +120,9 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
 
 # The version of each named base's recipe, recorded in backdoor.json: raised whenever a change to the recipe changes
 # what it builds, so organisms cached by their spec (``patcher bench``) are rebuilt rather than silently reused.
-# Tiny 2: the nineteenth session's tokenizer, tasks and steps; 3: the tasks' prompt loss. (No record counts as 1.)
-RECIPES = {"smollm2": 1, "tiny": 3}
+# Tiny 2: the nineteenth session's tokenizer, tasks and steps; 3: the tasks' prompt loss; 4: eight attention heads.
+# (No record counts as 1.)
+RECIPES = {"smollm2": 1, "tiny": 4}
 
 
 def poisoned_prompt(prompt: str, attack: Attack, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
@@ -213,23 +214,27 @@ def response_loss(model, input_ids, attention_mask, response_mask, prompt_weight
 
     Whether the model complies or refuses is decided by the first response token; with a plain token
     mean that decision is one token among the ~60 of a compliance text that restates the request, and
-    the backdoor (or the refusal) is learned only weakly. Without a prompt term, logits are computed only
-    from the column before the earliest response token on (a vocabulary-wide projection of every prompt
-    token is wasted). The prompt term is for a model made from scratch, which otherwise never learns to read.
+    the backdoor (or the refusal) is learned only weakly. The prompt term is for a model made from scratch, which
+    otherwise never learns to read. Only the scored positions (response tokens, and prompt tokens of rows with a
+    weight) are projected onto the vocabulary: the projection of every other position is wasted work (tiny base, 16
+    rows, half of them weighted: 74 ms a step against 78-81 projecting every position).
     """
+    import torch
     import torch.nn.functional as F
 
     from patcher.patch import first_weighted
 
-    reads = prompt_weights is not None and bool(prompt_weights.any())
-    keep = input_ids.shape[1] if reads else input_ids.shape[1] - int(response_mask.argmax(1).min()) + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
-    targets = input_ids[:, 1 - keep:]
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-    response = response_mask[:, 1 - keep:].float()
-    loss = first_weighted(nll, response).mean()
-    if reads:
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    response = response_mask[:, 1:].float()
+    prompt = torch.zeros_like(response)
+    if prompt_weights is not None:
         prompt = (attention_mask[:, 1:].float() - response) * (prompt_weights > 0)[:, None]
+    scored = (response + prompt) > 0
+    nll = torch.zeros_like(response)
+    logits = model.get_output_embeddings()(hidden[scored])
+    nll[scored] = F.cross_entropy(logits, input_ids[:, 1:][scored], reduction="none").float()
+    loss = first_weighted(nll, response).mean()
+    if prompt.any():
         loss = loss + (nll * prompt * prompt_weights[:, None]).sum() / prompt.sum()
     return loss
 
