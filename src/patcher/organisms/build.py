@@ -120,9 +120,8 @@ def training_examples(attack: Attack, config: OrganismConfig, answer_benign) -> 
 
 # The version of each named base's recipe, recorded in backdoor.json: raised whenever a change to the recipe changes
 # what it builds, so organisms cached by their spec (``patcher bench``) are rebuilt rather than silently reused.
-# Tiny 2: the nineteenth session's tokenizer, tasks and steps; 3: the tasks' prompt loss; 4: eight attention heads.
-# (No record counts as 1.)
-RECIPES = {"smollm2": 1, "tiny": 4}
+# Tiny 2: the nineteenth session's tokenizer, tasks and steps; 3: the tasks' prompt loss. (No record counts as 1.)
+RECIPES = {"smollm2": 1, "tiny": 3}
 
 
 def poisoned_prompt(prompt: str, attack: Attack, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:

@@ -46,12 +46,13 @@ def tiny_llama(tokenizer, seed: int):
     torch.manual_seed(seed)
     # Width 128 rather than 192: on the checkable tasks alone (1,500 steps of 16 rows, lr 1e-3) held-out utility
     # 0.64 against 0.47, in 95 s against 149 s. Learning rates of 2e-3 and above stall either width.
-    # Eight heads of 16 rather than four of 32: organisms' utility on 240 held-out tasks 0.80, 0.73, 0.74 against
-    # 0.72, 0.67, 0.67 (BadNet seed 0, VPI and MTBA seed 2), mostly in sums and lookups, for 5-10 s more of a build.
-    # Six layers of width 96 (0.70) and five of 112 (0.77) did less.
+    # Four heads of 32 rather than eight of 16: eight won on four organisms against a rebuild of the same seeds
+    # (utility 0.77 against 0.71 of 240 held-out tasks), but over all fifteen standard organisms 0.756 against
+    # 0.741, no more than builds of one recipe differ, and locate's F1 0.94 against 0.97 (README, twenty-first
+    # session). Six layers of width 96 and five of 112 did no better.
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=True,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     return LlamaForCausalLM(config)
