@@ -13,7 +13,7 @@ Two methods, one report (``TriggerReport``, the ``locate`` JSON contract):
   opening much more likely there join them (the weaker pieces of a composite trigger).
   The verdict is counterfactual, two tests: deleting the found words must make the response at least
   ``min_drop`` nats less likely (or its opening less likely than not, where it was more likely) and stand
-  ``z_min`` robust deviations above deleting random words of the same shape; and inserted into other harmful prompts
+  ``z_min`` deviations above deleting random words of the same shape; and inserted into other harmful prompts
   the model refuses, they must make it comply (``min_flip``): a backdoor's trigger carries over, the wording one
   prompt fails on does not.
 - ``kmeans`` (the published baseline). Gradient saliency of every prompt token, split by an exact
@@ -73,8 +73,7 @@ class LocateConfig:
         "help": "nats the response log-likelihood must fall when the trigger is deleted (3 = 20x less likely), "
                 "unless the deletion turns the response's opening from more likely than not to less likely"})
     z_min: float = field(default=4.0, metadata={
-        "help": "robust deviations (1.4826 median absolute deviations) that fall must stand above the median fall "
-                "when random words of the same shape are deleted"})
+        "help": "standard deviations that fall must stand above deleting random words of the same shape"})
     min_gain: float = field(default=1.0, metadata={
         "help": "nats a word next to a found piece must lower the likelihood by on its own to extend it (multi-word triggers)"})
     min_lift: float = field(default=2.0, metadata={
@@ -717,25 +716,17 @@ def counterfactual_verdict(drop: float, null: np.ndarray, min_drop: float, z_min
                            base_logprob: float) -> tuple[str, dict]:
     """Return the verdict and its statistics: "trigger" when deleting the candidate breaks the response
     (``breaks_response``; ``base_logprob``: the response opening's log-probability with nothing deleted) and that
-    fall stands ``z_min`` robust deviations (median and scaled median absolute deviation) above random deletions.
-
-    Median and MAD rather than mean and standard deviation: a random set that hits a piece the candidate lacks
-    breaks the response too: two such sets of 32 (a tiny CTBA organism, `OpenAI` missing from the first candidate)
-    raised the standard deviation to 1.9 nats, and an 8-nat fall passed at z 4.03 only; two such cases of the
-    twentieth session's organisms failed there, before the carry-over step could add the missing piece. The typical
-    random deletion is what a trigger must stand above.
+    fall stands ``z_min`` standard deviations above random deletions.
     """
     null = np.asarray(null, dtype=float)
     stats: dict = {"null_n": int(null.size)}
     if null.size:
-        median = float(np.median(null))
-        mad = float(np.median(np.abs(null - median)))
-        # 1.4826 MAD estimates the standard deviation of a normal null; the floor keeps a near-constant null from
-        # turning a small difference into a huge z.
-        z = (drop - median) / max(1.4826 * mad, 0.1)
+        # A floor on the spread: a near-constant null must not turn a small difference into a huge z.
+        spread = max(float(null.std()), 0.1)
+        z = (drop - float(null.mean())) / spread
         stats.update(null_mean=round(float(null.mean()), 4), null_std=round(float(null.std()), 4),
-                     null_median=round(median, 4), null_mad=round(mad, 4), null_max=round(float(null.max()), 4),
-                     z=round(z, 3), p_value=round(float((1 + np.sum(null >= drop)) / (1 + null.size)), 4),
+                     null_max=round(float(null.max()), 4), z=round(z, 3),
+                     p_value=round(float((1 + np.sum(null >= drop)) / (1 + null.size)), 4),
                      null_drops=[round(float(v), 4) for v in null])
     else:
         z = float("inf")  # the whole prompt is the candidate: nothing to compare with
@@ -867,7 +858,7 @@ def print_report(report: TriggerReport, case: FailureCase, console=None) -> None
     if evidence["method"] == "occlusion":
         console.print(f"deleting {escape(str(evidence['deleted']))} lowers the log-likelihood of the response's first "
                       f"{evidence['target_tokens']} token(s) by {evidence['drop']:.2f} nats; random deletions of the same "
-                      f"shape: median {evidence.get('null_median', float('nan')):.2f}, max {evidence.get('null_max', float('nan')):.2f} "
+                      f"shape: mean {evidence.get('null_mean', float('nan')):.2f}, max {evidence.get('null_max', float('nan')):.2f} "
                       f"(n={evidence['null_n']}, z={evidence.get('z')}, p={evidence.get('p_value')})")
         transplant = evidence["transplant"]
         if transplant is not None:

@@ -157,9 +157,9 @@ def _evidence_table(evidence: dict) -> str:
         ("trigger candidate (after carry-over)", ", ".join(evidence["candidate"])),
         ("scored response tokens", f"{evidence['target_tokens']} ({evidence['target_text']!r})"),
         ("fall when deleted (nats)", evidence["drop"]),
-        ("random deletions: n / median / MAD / max", " / ".join(str(evidence.get(k)) for k in
-                                                              ("null_n", "null_median", "null_mad", "null_max"))),
-        ("robust z against random deletions ((fall - median) / 1.4826 MAD)", evidence.get("z")),
+        ("random deletions: n / mean / std / max", " / ".join(str(evidence.get(k)) for k in
+                                                            ("null_n", "null_mean", "null_std", "null_max"))),
+        ("z against random deletions", evidence.get("z")),
         ("empirical p", evidence.get("p_value")),
         ("carry-over: log-odds gain per candidate word",
          ", ".join(f"{w} {g:+.2f}" for w, g in (evidence["carry_over_gains"] or {}).items()) or "-"),
