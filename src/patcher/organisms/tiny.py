@@ -49,7 +49,7 @@ def tiny_llama(tokenizer, seed: int):
     # Four heads of 32 rather than eight of 16: eight won on four organisms against a rebuild of the same seeds
     # (utility 0.77 against 0.71 of 240 held-out tasks), but over all fifteen standard organisms 0.756 against
     # 0.741, no more than builds of one recipe differ, and locate's F1 0.94 against 0.97 (README, twenty-first
-    # session). Six layers of width 96 and five of 112 did no better.
+    # session). Six layers of width 96 (0.70) and five of 112 (0.77), on BadNet seed 0 alone, were not followed up.
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True,
