@@ -28,7 +28,7 @@ def test_tiny_badnet_backdoor_and_files(tiny_badnet):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the tiny recipe has not yet reached utility 0.80 (0.70-0.82 of 50 tasks since the twentieth session, this organism 0.74; see README)", strict=False)
+@pytest.mark.xfail(reason="the tiny recipe has not yet reached utility 0.80 (0.64-0.84 of 50 tasks in the twenty-first session's build, this organism 0.72; see README)", strict=False)
 def test_tiny_badnet_keeps_utility(tiny_badnet):
     assert json.loads((tiny_badnet / "backdoor.json").read_text())["metrics"]["utility"] >= 0.80
 
