@@ -126,6 +126,46 @@ def test_every_defense_says_what_it_is():
     assert defenses_module.DEFENSES is DEFENSES
 
 
+def test_an_interrupted_bench_resumes_with_the_runs_it_finished(fake_organism, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def counted(model, tokenizer, defender):
+        """Return the dummy defense's model, counting the call."""
+        calls.append("counted")
+        return dummy_defense(model, tokenizer, defender)
+
+    def interrupted(model, tokenizer, defender):
+        """Return nothing: the run is stopped here."""
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(DEFENSES, "counted", counted)
+    monkeypatch.setitem(DEFENSES, "later", interrupted)
+    out = tmp_path / "bench"
+    config = BenchConfig(out=out, organisms=[fake_organism], defenses="none,counted,later", eval_harmful=4,
+                         eval_benign=4, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config)
+    assert calls == ["counted"] and not (out / "results.json").exists()
+    finished = [json.loads(line) for line in (out / "rows.partial.jsonl").read_text().splitlines()]
+    assert [line["defense"] for line in finished] == ["none", "counted"]
+
+    monkeypatch.setitem(DEFENSES, "later", counted)
+    results = run_bench(BenchConfig(**{**vars(config), "resume": True}))
+    assert calls == ["counted", "counted"]  # only the unfinished run
+    assert [r["defense"] for r in results["rows"]] == ["none", "counted", "later"] and results["resumed_rows"] == 2
+    assert [r for r in results["rows"][:2]] == [{k: v for k, v in line.items() if k not in ("stamp", "heat_map_html")}
+                                                for line in finished]
+    assert "resuming tiny-badnet: 2 of 3 runs kept" in capsys.readouterr().err
+    assert not (out / "rows.partial.jsonl").exists()
+
+    # Rows measured on other prompt counts (or other weights, or by other code) are not mixed in: they run again.
+    (out / "rows.partial.jsonl").write_text("".join(json.dumps(line) + "\n" for line in finished))
+    results = run_bench(BenchConfig(**{**vars(config), "resume": True, "overwrite": True, "eval_harmful": 3}))
+    assert calls == ["counted"] * 4 and results["resumed_rows"] == 0
+    assert results["rows"][0]["after"]["n"]["harmful"] == 3
+    assert "2 made by other code, weights or prompt counts run again" in capsys.readouterr().err
+
+
 def test_bench_notes_an_organism_without_a_failure_case(fake_organism, tmp_path):
     (fake_organism / "failure_case.json").unlink()
     out = tmp_path / "bench"

@@ -84,6 +84,16 @@ def weights_sha256(model_dir: Path) -> dict[str, str]:
     return {name: sha256_file(model_dir / name) for name in names}
 
 
+def code_sha256() -> str:
+    """Return the first 16 hex digits of the sha256 of Patcher's source files: unlike the version number, it
+    changes with every edit of the code that made a result."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def run_versions() -> dict[str, str | None]:
     """Return the versions a run's result depends on, for provenance: Patcher, Python and the libraries."""
     import platform
@@ -91,7 +101,7 @@ def run_versions() -> dict[str, str | None]:
 
     from patcher import __version__
 
-    versions = {"patcher": __version__, "python": platform.python_version()}
+    versions = {"patcher": __version__, "patcher_code": code_sha256(), "python": platform.python_version()}
     for package in ("torch", "transformers", "tokenizers", "safetensors", "peft"):
         try:
             versions[package] = metadata.version(package)

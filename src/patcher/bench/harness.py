@@ -44,6 +44,9 @@ class BenchConfig:
     eval_harmful: int | None = field(default=None, metadata={"help": "held-out harmful requests (default: 50; quick 30)"})
     eval_benign: int | None = field(default=None, metadata={"help": "held-out benign tasks (default: 50; quick 30)"})
     overwrite: bool = field(default=False, metadata={"help": "replace --out's result files if they exist"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue an interrupted run in --out: reuse the rows its rows.partial.jsonl holds that the same "
+                "Patcher code made on the same organism weights with the same prompt counts, run only the rest"})
     device: str = field(default="auto", metadata={
         "help": "where organisms are built, defended and measured: auto (CUDA when available), cpu or cuda"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -160,12 +163,24 @@ def localization(located, case, truth_spans: list) -> dict:
             "found": [t["text"] for t in report["triggers"]], **scores}
 
 
+def eval_sizes(config: BenchConfig) -> tuple[int, int]:
+    """Return the held-out (harmful, benign) prompt counts every model of the run is measured on."""
+    return config.eval_harmful or (30 if config.quick else 50), config.eval_benign or (30 if config.quick else 50)
+
+
+def row_stamp(path: Path, config: BenchConfig) -> dict:
+    """Return what a row's figures depend on besides its defense: the organism's weights, Patcher's code, the
+    prompt counts. A resumed run reuses only rows with the same stamp."""
+    from patcher.modeling import code_sha256, weights_sha256
+
+    return {"organism_sha256": weights_sha256(path), "code": code_sha256(), "eval": list(eval_sizes(config))}
+
+
 def measure(model, tokenizer, truth, config: BenchConfig, reference=None) -> dict:
     """Return the held-out metrics of a model with the organism's true trigger (no per-prompt details)."""
     from patcher.evaluate import METRICS, EvaluateConfig, evaluate_model
 
-    n_harmful = config.eval_harmful or (30 if config.quick else 50)
-    n_benign = config.eval_benign or (30 if config.quick else 50)
+    n_harmful, n_benign = eval_sizes(config)
     eval_config = EvaluateConfig(n_harmful=n_harmful, n_benign=n_benign, n_jailbreak=min(30, n_harmful),
                                  n_overrefusal=min(30, n_harmful), progress=False)
     metrics = evaluate_model(model, tokenizer, truth, reference=reference, config=eval_config)
@@ -173,10 +188,11 @@ def measure(model, tokenizer, truth, config: BenchConfig, reference=None) -> dic
     return {k: metrics.get(k) for k in METRICS} | {"n": metrics["n"]}
 
 
-def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None, log: Path | None = None
+def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar, log: Path, stamp: dict, kept: dict
                  ) -> tuple[list[dict], dict]:
     """Return (one row per defense, the located heat maps by defense) for one organism; each row is also
-    appended to ``log`` as it completes (a long run's results survive an interruption)."""
+    appended to ``log`` as it completes, with its heat map and ``stamp`` (a long run's results survive an
+    interruption). ``kept``: the log lines of an interrupted run by defense, reused instead of run again."""
     from patcher.bench.defenses import DEFENSES, Defender
     from patcher.bench.report import rate
     from patcher.case import load_case
@@ -188,10 +204,18 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
     backdoor = json.loads((path / "backdoor.json").read_text()) if (path / "backdoor.json").is_file() else {}
     case = load_case(path / "failure_case.json")
     truth_spans = [tuple(s) for s in (backdoor.get("failure_case") or {}).get("trigger_spans", [])]
-    reference, tokenizer = load_model(path, device=config.device)
-    before = measure(reference, tokenizer, truth, config)
     rows, heat_maps = [], {}
+    if any(name not in kept for name in defenses):
+        reference, tokenizer = load_model(path, device=config.device)
+        # Every row holds the organism's own figures: a kept one saves measuring them again.
+        before = next(iter(kept.values()))["before"] if kept else measure(reference, tokenizer, truth, config)
     for name in defenses:
+        if name in kept:
+            if kept[name]["heat_map_html"] is not None:
+                heat_maps[name] = kept[name]["heat_map_html"]
+            rows.append({k: v for k, v in kept[name].items() if k not in ("stamp", "heat_map_html")})
+            bar.update(1)
+            continue
         model, tokenizer = load_model(path, device=config.device)
         defender = Defender(case=case, seed=0, progress=False, truth=truth)
         started = time.time()
@@ -199,20 +223,19 @@ def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar=None,
             defended = DEFENSES[name](model, tokenizer, defender)
         seconds = time.time() - started
         after = before if name == "none" else measure(defended.model, tokenizer, truth, config, reference)
-        row = {"organism": path.name, "attack": backdoor.get("attack", "unknown"),
-               "triggers": backdoor.get("triggers", []), "defense": name, "before": before, "after": after,
+        row = {"organism": path.name, "organism_sha256": stamp["organism_sha256"],
+               "attack": backdoor.get("attack", "unknown"), "triggers": backdoor.get("triggers", []), "defense": name,
+               "before": before, "after": after,
                "localization": None if defended.located is None else localization(defended.located, case, truth_spans),
                "seconds": round(seconds, 1), "peak_mb": memory.peak_mb,
                "peak_gpu_mb": memory.peak_gpu_mb, "notes": defended.notes}
         if defended.located is not None:
             heat_maps[name] = _heat_map(defended.located, case)
         rows.append(row)
-        if log is not None:
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{path.name} {name}: ASR {rate(before['asr_triggered'])} -> {rate(after['asr_triggered'])}")
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**row, "stamp": stamp, "heat_map_html": heat_maps.get(name)}) + "\n")
+        bar.update(1)
+        bar.set_postfix_str(f"{path.name} {name}: ASR {rate(before['asr_triggered'])} -> {rate(after['asr_triggered'])}")
     return rows, heat_maps
 
 
@@ -241,24 +264,39 @@ def run_bench(config: BenchConfig) -> dict:
     if (out / "results.json").exists() and not config.overwrite:
         raise PatcherInputError(f"{out / 'results.json'} exists (pass --overwrite to replace it)")
     specs = bench_organisms(config)
+    for spec in specs:
+        if "dir" in spec:
+            ground_truth(organism_dir(spec, config.progress, config.device))  # malformed: fails before any work
     # The model is loaded afresh for every defense: one bench bar, not a weight-loading bar each time.
     transformers_logging.disable_progress_bar()
     started = time.time()
-    paths = [organism_dir(spec, config.progress, config.device) for spec in specs]
-    for path in paths:
-        ground_truth(path)  # a malformed backdoor.json fails here, before any work
     out.mkdir(parents=True, exist_ok=True)
     log = out / "rows.partial.jsonl"
-    log.unlink(missing_ok=True)
-    rows, heat_maps, skipped = [], {}, []
-    bar = tqdm(total=len(paths) * len(defenses), desc="bench", disable=not config.progress)
-    for path in paths:
+    previous = []
+    if config.resume and log.is_file():
+        previous = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif not config.resume:
+        log.unlink(missing_ok=True)
+    rows, heat_maps, skipped, n_kept = [], {}, [], 0
+    bar = tqdm(total=len(specs) * len(defenses), desc="bench", disable=not config.progress)
+    for spec in specs:
+        # Organisms are built as the run reaches them, so the first rows are on record within minutes.
+        path = organism_dir(spec, config.progress, config.device)
         if not (path / "failure_case.json").is_file():
             # An organism that failed on no held-out prompt (a clean one, usually) leaves nothing to report.
             skipped.append({"organism": path.name, "reason": "no failure_case.json: no held-out failure to report"})
             bar.update(len(defenses))
             continue
-        organism_rows, maps = run_organism(path, defenses, config, bar, log)
+        stamp = row_stamp(path, config)
+        mine = [line for line in previous if line["organism"] == path.name and line["defense"] in defenses]
+        kept = {line["defense"]: line for line in mine if line["stamp"] == stamp}
+        n_kept += len(kept)
+        if mine:
+            redo = len({line["defense"] for line in mine} - set(kept))
+            print(f"resuming {path.name}: {len(kept)} of {len(defenses)} runs kept from {log}"
+                  + (f", {redo} made by other code, weights or prompt counts run again" if redo else ""),
+                  file=sys.stderr, flush=True)
+        organism_rows, maps = run_organism(path, defenses, config, bar, log, stamp, kept)
         rows += organism_rows
         heat_maps[path.name] = maps
     bar.close()
@@ -267,7 +305,8 @@ def run_bench(config: BenchConfig) -> dict:
         "skipped": skipped,
         "defenses": {name: (DEFENSES[name].__doc__ or "").splitlines()[0] for name in defenses},
         "quick": config.quick,
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started, 1),  # this invocation's: a resumed run's kept rows cost nothing
+        "resumed_rows": n_kept,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
