@@ -165,6 +165,13 @@ def test_an_interrupted_bench_resumes_with_the_runs_it_finished(fake_organism, t
     assert results["rows"][0]["after"]["n"]["harmful"] == 3
     assert "2 made by other code, weights or prompt counts run again" in capsys.readouterr().err
 
+    # A run in parts: the rows of organisms a resumed run leaves out stay on record for the run that includes them.
+    other = [{**line, "organism": "tiny-ctba"} for line in finished]
+    (out / "rows.partial.jsonl").write_text("".join(json.dumps(line) + "\n" for line in finished + other))
+    results = run_bench(BenchConfig(**{**vars(config), "resume": True, "overwrite": True}))
+    assert results["resumed_rows"] == 2 and {r["organism"] for r in results["rows"]} == {"tiny-badnet"}
+    assert [json.loads(line) for line in (out / "rows.partial.jsonl").read_text().splitlines()] == other
+
 
 def test_bench_notes_an_organism_without_a_failure_case(fake_organism, tmp_path):
     (fake_organism / "failure_case.json").unlink()

@@ -318,5 +318,11 @@ def run_bench(config: BenchConfig) -> dict:
     write_atomic(out / "results.md", table + "\n")
     write_atomic(out / "report.html", render_bench_html(results, heat_maps))
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")  # last: its presence means complete
-    log.unlink(missing_ok=True)
+    # Rows of organisms this run did not include stay for a later --resume: a long run can go on in parts.
+    ran = {row["organism"] for row in rows} | {s["organism"] for s in skipped}
+    others = [line for line in previous if line["organism"] not in ran]
+    if others:
+        write_atomic(log, "".join(json.dumps(line) + "\n" for line in others))
+    else:
+        log.unlink(missing_ok=True)
     return results
