@@ -289,7 +289,7 @@ def run_bench(config: BenchConfig) -> dict:
             continue
         stamp = row_stamp(path, config)
         mine = [line for line in previous if line["organism"] == path.name and line["defense"] in defenses]
-        kept = {line["defense"]: line for line in mine if line["stamp"] == stamp}
+        kept = {line["defense"]: line for line in mine if line.get("stamp") == stamp}  # older logs: no stamp
         n_kept += len(kept)
         if mine:
             redo = len({line["defense"] for line in mine} - set(kept))
