@@ -238,7 +238,8 @@ def cmd_patch(args) -> int:
             from patcher.report_html import write_patch_html
 
             write_patch_html(args.html, report, case, report.located)
-    distributed.finish()
+    if distributed.launched():
+        distributed.finish()
     return 0
 
 
