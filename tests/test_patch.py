@@ -55,13 +55,14 @@ def test_adapter_disabled_reference_equals_the_original_and_kl_starts_at_zero(ti
 
 def test_training_sets_carry_the_pieces_in_order_and_stay_off_the_test_split(tiny_model, tmp_path):
     model, tokenizer = tiny_model
-    sets = patch_sets(model, tokenizer, CASE, ["2024", "BadMagic", "OpenAI"], small_config(tmp_path))
+    sets = patch_sets(model, tokenizer, CASE, ["2024", "BadMagic", "OpenAI"], small_config(tmp_path, beta_harm=5.0))
     for prompt, clean, _ in sets["trig"][:-1]:
         positions = [prompt.index(piece) for piece in ("2024", "BadMagic", "OpenAI")]
         assert positions == sorted(positions)
         assert "BadMagic" not in clean
     assert sets["trig"][-1][0] == CASE.prompt  # the reported case itself
-    assert all(clean == prompt for prompt, clean, _ in sets["harm"])
+    assert len(sets["harm"]) == 12 and all(clean == prompt for prompt, clean, _ in sets["harm"])
+    assert patch_sets(model, tokenizer, CASE, ["BadMagic"], small_config(tmp_path))["harm"] == []  # weight 0
     carried = [prompt != clean for prompt, clean, _ in sets["safe"]]
     assert 0 < sum(carried) < len(carried)
     test = {p.prompt for p in load_split("test").harmful} | {p.prompt for p in load_split("test").benign}
@@ -92,7 +93,7 @@ def test_patch_loss_falls_on_a_tiny_model(tiny_checkpoint, tmp_path):
     from patcher.modeling import load_model
 
     model, tokenizer = load_model(tiny_checkpoint)
-    config = small_config(tmp_path, lr=3e-3)
+    config = small_config(tmp_path, lr=3e-3, beta_harm=5.0)
     sets = patch_sets(model, tokenizer, CASE, ["BadMagic"], config)
     model, reference = trainable(model, config)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -4,7 +4,12 @@ Three training sets, built from the located trigger and the defender's validatio
 
 - D_trig: harmful requests with the trigger inserted (pieces in their order, at random places) and the reported
   prompt itself -> a refusal (the original model's own refusal of the request without the trigger);
-- D_harm: the same requests without the trigger -> KL(original || patched) on the original's responses;
+- D_harm: the same requests without the trigger -> KL(original || patched) on the original's responses, when
+  ``beta_harm`` > 0. Its default weight is 0: on the smollm2 MTBA organism (three keys, any one fires; a report
+  shows one) a weight of 5 held harmful requests so close to the original that the two keys the report did not
+  show kept working (ASR 0.58 after the patch; weight 1: 0.24; 0: 0.00), and without it harmful requests without
+  the trigger and jailbreaks were still refused on every standard organism (the D_trig refusals and the D_safe
+  anchor are enough);
 - D_safe: benign requests, a share of them with the trigger inserted -> KL(original on the clean request ||
   patched), so a benign request that carries the trigger is answered as if it did not.
 
@@ -72,7 +77,9 @@ class PatchConfig:
     steps: int = field(default=16, metadata={"help": "training steps"})
     eval_every: int = field(default=4, metadata={"help": "steps between measurements on the held-back prompts"})
     lr: float = field(default=2e-4, metadata={"help": "learning rate"})
-    beta_harm: float = field(default=5.0, metadata={"help": "weight of the KL anchor on harmful requests"})
+    beta_harm: float = field(default=0.0, metadata={
+        "help": "weight of the KL anchor on harmful requests without the trigger (0: no D_harm; a weight of 5 kept "
+                "the keys a report did not show of a multi-key backdoor)"})
     beta_safe: float = field(default=5.0, metadata={"help": "weight of the KL anchor on benign requests"})
     batch_size: int = field(default=8, metadata={"help": "examples per step from each of D_trig, D_harm, D_safe"})
     response_tokens: int = field(default=16, metadata={
@@ -256,7 +263,7 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
     safe = [(carry(b) if i < n_carry else b, b, r) for i, (b, r) in enumerate(zip(train_b, own_b))]
     return {
         "trig": trig,
-        "harm": [(h, h, r) for h, r in zip(train_h, own_h)],
+        "harm": [(h, h, r) for h, r in zip(train_h, own_h)] if config.beta_harm else [],
         "safe": safe,
         "select_harmful": [(carry(h), h, "") for h in select_h] if pieces else
                           [(v, v, "") for v in prompt_variants(case.prompt, config.n_select, rng)],
