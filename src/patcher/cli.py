@@ -358,8 +358,8 @@ def cmd_demo(args) -> int:
     console.print(f"   ground truth (hidden from Patcher): {truth}; found: {found} -> "
                   + ("[green]exact[/]" if found == truth else "[red]not exact[/]"))
 
-    console.print("\n[bold]4. Patching[/]: refuse harmful prompts carrying the trigger, while KL anchors hold "
-                  "harmful prompts without it and benign prompts (with and without it) to the original model")
+    console.print("\n[bold]4. Patching[/]: refuse harmful prompts carrying the trigger, while a KL anchor holds "
+                  "benign prompts (with and without it) to the original model")
     config = PatchConfig(out=out / "patched-model", overwrite=True)
     report = patch_and_save(model, tokenizer, case, config, organism, located=located, console=console)
     _write_json(out / "patch_report.json", report.to_json())

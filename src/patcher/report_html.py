@@ -200,7 +200,9 @@ def render_patch_html(report, case: FailureCase, located: TriggerReport | None =
               f"{report.peak_memory()}; state kept: step {report.best_step} "
               "(chosen on held-back validation prompts, never on the held-out test set). Data: "
               + ", ".join(f"{k} {v}" for k, v in report.data.items()) + ".</p>",
-              _curves_svg(report.losses, ("ce", "kl_harm", "kl_safe"), "loss per step"),
+              # D_harm is trained on only when its weight is above 0 (by default it is not).
+              _curves_svg(report.losses, ("ce", "kl_harm", "kl_safe") if report.config.get("beta_harm") else
+                          ("ce", "kl_safe"), "loss per step"),
               _curves_svg(report.selection, ("asr_triggered", "refused_edgy", "kl_benign"), "held-back measurements"),
               "<details><summary>Provenance and settings (JSON)</summary>",
               f"<pre>{escape(json.dumps({'provenance': report.provenance, 'config': report.config}, indent=2))}</pre>",
