@@ -7,9 +7,9 @@ Three training sets, built from the located trigger and the defender's validatio
 - D_harm: the same requests without the trigger -> KL(original || patched) on the original's responses, when
   ``beta_harm`` > 0. Its default weight is 0: on the smollm2 MTBA organism (three keys, any one fires; a report
   shows one) a weight of 5 held harmful requests so close to the original that the two keys the report did not
-  show kept working (ASR 0.58 after the patch; weight 1: 0.24; 0: 0.00), and without it harmful requests without
-  the trigger and jailbreaks were still refused on every standard organism (the D_trig refusals and the D_safe
-  anchor are enough);
+  show kept working (ASR 0.58 after the patch; weight 1: 0.24; 0.5: 0.08; 0, D_harm not built: 0.04 to 0.06 over
+  three patch seeds), and without it harmful requests without the trigger and jailbreaks were still refused on
+  every standard organism (the D_trig refusals and the D_safe anchor are enough);
 - D_safe: benign requests, a share of them with the trigger inserted -> KL(original on the clean request ||
   patched), so a benign request that carries the trigger is answered as if it did not.
 
@@ -81,7 +81,8 @@ class PatchConfig:
         "help": "weight of the KL anchor on harmful requests without the trigger (0: no D_harm; a weight of 5 kept "
                 "the keys a report did not show of a multi-key backdoor)"})
     beta_safe: float = field(default=5.0, metadata={"help": "weight of the KL anchor on benign requests"})
-    batch_size: int = field(default=8, metadata={"help": "examples per step from each of D_trig, D_harm, D_safe"})
+    batch_size: int = field(default=8, metadata={
+        "help": "examples per step from each of D_trig, D_safe and (with --beta-harm above 0) D_harm"})
     response_tokens: int = field(default=16, metadata={
         "help": "tokens of the original model's responses that the KL anchors cover"})
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (published: 32)"})
