@@ -135,5 +135,6 @@ def test_the_readme_worked_example(tmp_path):
     work = step_work(PatchConfig(out=None))
     gib = {checkpointing: sum(memory_estimate(path, "bfloat16", replace(work, gradient_checkpointing=checkpointing))
                               .values()) / (1 << 30) for checkpointing in (False, True)}
-    assert (work.rows, work.tokens, round(gib[False], 1), round(gib[True], 1)) == (24, 132, 59.7, 29.3)
+    assert (work.rows, work.tokens, round(gib[False], 1), round(gib[True], 1)) == (16, 132, 45.2, 25.0)
+    assert step_work(PatchConfig(out=None, beta_harm=5.0)).rows == 24  # D_harm's rows join the step
     assert round(sum(memory_estimate(path, "bfloat16", Work()).values()) / (1 << 30), 1) == 20.7

@@ -276,7 +276,7 @@ class Work:
     """What a model is loaded for, as the memory check counts it."""
 
     kind: str = "inference"  # "inference" (locate, evaluate), "lora" or "full" (a patch step)
-    rows: int = 16  # rows of one forward: locate's and evaluate's --batch-size; for a patch step 3 x --batch-size
+    rows: int = 16  # rows of one forward: locate's and evaluate's --batch-size; for a patch step --batch-size per set
     # Tokens per row. For inference, most built-in prompts and cases with 32 new tokens fit in 256; the longer
     # jailbreak-wrapped prompts are generated in batches of their own.
     tokens: int = 256

@@ -138,15 +138,16 @@ class PatchReport:
 
 
 def step_work(config: PatchConfig, processes: int = 1):
-    """Return the memory check's Work of one training step in one of ``processes``: its share of 3 x --batch-size
-    rows, each padded to the longest prompt allowed (MAX_PROMPT_CHARS) with TEMPLATE_TOKENS, then the response and
-    its end-of-turn token."""
+    """Return the memory check's Work of one training step in one of ``processes``: its share of --batch-size rows
+    from each training set a step draws on (D_trig and D_safe, and D_harm when --beta-harm is set), each padded to
+    the longest prompt allowed (MAX_PROMPT_CHARS) with TEMPLATE_TOKENS, then the response and its end-of-turn token."""
     import math
 
     from patcher.modeling import Work
 
     responses = config.response_tokens + 1
-    return Work("full" if config.full else "lora", rows=3 * math.ceil(config.batch_size / processes),
+    sets = 3 if config.beta_harm else 2
+    return Work("full" if config.full else "lora", rows=sets * math.ceil(config.batch_size / processes),
                 tokens=MAX_PROMPT_CHARS // PROMPT_CHARS_PER_TOKEN + TEMPLATE_TOKENS + responses, response_tokens=responses,
                 lora_r=config.lora_r, gradient_checkpointing=config.gradient_checkpointing)
 
@@ -442,7 +443,7 @@ def kl_to_reference(logprobs, reference_logprobs, mask):
 def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfig) -> tuple:
     """Return (loss, parts) of one step: CE to refusal on ``trig`` + weighted KL anchors on ``harm`` and ``safe``.
 
-    In one process the rows of all three sets go through the model in two batches, each half of them sorted by
+    In one process the rows of every set in use go through the model in two batches, each half of them sorted by
     length and padded only to its own longest (one batch of every row spent a third of its tokens on padding), and
     the anchored rows of each through the reference: on a CPU a few large batches cost far less than many small ones.
     """

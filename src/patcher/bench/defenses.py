@@ -154,8 +154,9 @@ def clean_finetune(model, tokenizer, defender: Defender) -> Defended:
     rng = random.Random(defender.seed)
     examples = [(h, rng.choice(REFUSALS)) for h in harmful] + list(zip(benign, answers))
     model, _ = trainable(model, config)
-    # Patcher's step takes batch_size rows from each of its three sets: as many rows here, in three times as
-    # many steps of batch_size (a batch of full-length logits three times as large needs far more memory).
+    # Patcher's step takes batch_size rows from each of its sets (two by default, three with D_harm): the baseline
+    # gets the three-set budget, in three times as many steps of batch_size (a batch of full-length logits three
+    # times as large needs far more memory); at the default that is half again as many rows as Patcher trains on.
     losses = train_supervised(model, tokenizer, examples, 3 * config.steps, config.lr, config.batch_size,
                               defender.seed, progress=defender.progress, desc="clean fine-tuning")
     if not config.full:
