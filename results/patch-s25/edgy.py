@@ -1,7 +1,8 @@
-"""Which edgy-but-benign prompts the organism and its patched copy refuse (held-out test and validation)."""
+"""Which edgy-but-benign prompts the organism and its patched copy refuse (held-out test and validation).
+
+Usage: python results/patch-s25/edgy.py ORGANISM_DIR PATCHED_DIR OUT.json
+"""
 import json, sys
-import torch
-torch.set_num_threads(2)
 from patcher.data import load_split
 from patcher.evaluate import generate
 from patcher.modeling import load_model
