@@ -9,6 +9,7 @@ import torch
 from patcher.bench import defenses as defenses_module
 from patcher.bench.defenses import DEFENSES, Defended, Defender, wanda_pruning
 from patcher.bench.harness import BenchConfig, localization, run_bench, token_metrics
+from patcher.bench.report import matrix_table
 from patcher.case import FailureCase
 from patcher.cli import main
 from patcher.locate import TokenScore, TriggerReport, TriggerSpan
@@ -53,7 +54,8 @@ def test_bench_runs_every_defense_and_writes_json_markdown_and_html(fake_organis
     assert {"date", "machine", "versions", "command"} <= set(saved)
     assert saved["defenses"]["dummy"].startswith("Return the model with its output layer scaled")
     table = (out / "results.md").read_text()
-    assert len(table.splitlines()) == 4 and "| tiny-badnet | dummy |" in table
+    assert "| tiny-badnet | dummy |" in table
+    assert f"| dummy | {dummy['after']['asr_triggered']:.2f} / {dummy['after']['utility']:.2f} / " in table
     html = (out / "report.html").read_text()
     assert html.count("<svg") >= 5 and "<script" not in html
 
@@ -118,6 +120,23 @@ def test_localization_scores_against_the_truth():
     none = TriggerReport("no_trigger", [], tokens, {})
     assert localization(none, case, []) == {"verdict": "no_trigger", "verdict_right": True, "found": []}
     assert token_metrics(PROMPT, [t.__dict__ for t in tokens], [], [(start, start + 8)])["f1"] == 0.0
+
+
+def test_matrix_puts_each_defense_on_a_row_and_each_attack_in_a_column():
+    def row(organism, attack, defense, asr):
+        return {"organism": organism, "attack": attack, "defense": defense,
+                "after": {"asr_triggered": asr, "utility": 0.5, "over_refusal": None}}
+
+    rows = [row("m-badnet-seed0", "badnet", "none", 0.98), row("m-badnet-seed0", "badnet", "patcher", 0.0),
+            row("m-vpi-seed0", "vpi", "none", 0.9)]
+    assert matrix_table(rows).splitlines() == [
+        "| defense | badnet | vpi |", "|---|---|---|",
+        "| none | 0.98 / 0.50 / - | 0.90 / 0.50 / - |",
+        "| patcher | 0.00 / 0.50 / - |  |"]  # a run not made yet: an empty cell
+    # Two seeds of one attack: the columns say which organism.
+    second_seed = row("m-badnet-seed1", "badnet", "none", 0.96)
+    header = matrix_table(rows + [second_seed]).splitlines()[0]
+    assert header == "| defense | m-badnet-seed0 | m-vpi-seed0 | m-badnet-seed1 |"
 
 
 def test_every_defense_says_what_it_is():

@@ -246,7 +246,7 @@ def run_bench(config: BenchConfig) -> dict:
     from transformers.utils import logging as transformers_logging
 
     from patcher.bench.defenses import DEFENSES
-    from patcher.bench.report import markdown_table, render_bench_html
+    from patcher.bench.report import markdown_table, matrix_table, render_bench_html
     from patcher.cli import ground_truth
     from patcher.modeling import check_creatable, resolve_device, run_versions
     from patcher.modeling import write_atomic
@@ -314,7 +314,8 @@ def run_bench(config: BenchConfig) -> dict:
         "versions": run_versions(),
         "command": sys.argv,
     }
-    table = markdown_table(rows) + "".join(f"\n\nskipped {s['organism']}: {s['reason']}" for s in skipped)
+    table = (markdown_table(rows) + "\n\nASR with the trigger / utility / over-refusal after each defense:\n\n"
+             + matrix_table(rows) + "".join(f"\n\nskipped {s['organism']}: {s['reason']}" for s in skipped))
     write_atomic(out / "results.md", table + "\n")
     write_atomic(out / "report.html", render_bench_html(results, heat_maps))
     write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")  # last: its presence means complete

@@ -47,6 +47,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def matrix_table(rows: list[dict]) -> str:
+    """Return a Markdown defense x organism matrix, each cell ASR with the trigger / utility / over-refusal after
+    the defense; columns are named by attack where each attack has one organism, else by organism."""
+    organisms = list(dict.fromkeys(r["organism"] for r in rows))
+    attack_of = {r["organism"]: r.get("attack") for r in rows}
+    by_attack = None not in attack_of.values() and len(set(attack_of.values())) == len(organisms)
+    cells = {(r["organism"], r["defense"]): r["after"] for r in rows}
+    lines = ["| defense | " + " | ".join(attack_of[o] if by_attack else o for o in organisms) + " |",
+             "|---|" + "---|" * len(organisms)]
+    for defense in dict.fromkeys(r["defense"] for r in rows):
+        after = [cells.get((o, defense)) for o in organisms]
+        lines.append(f"| {defense} | " + " | ".join(
+            "" if a is None else f"{rate(a['asr_triggered'])} / {rate(a['utility'])} / {rate(a['over_refusal'])}"
+            for a in after) + " |")
+    return "\n".join(lines)
+
+
 def _bars_svg(rows: list[dict], key: str, label: str) -> str:
     """Return an SVG bar chart of one metric per organism (groups) and defense (colours)."""
     organisms = list(dict.fromkeys(r["organism"] for r in rows))
