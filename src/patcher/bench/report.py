@@ -51,8 +51,8 @@ def matrix_table(rows: list[dict]) -> str:
     """Return a Markdown defense x organism matrix, each cell ASR with the trigger / utility / over-refusal after
     the defense; columns are named by attack where each attack has one organism, else by organism."""
     organisms = list(dict.fromkeys(r["organism"] for r in rows))
-    attack_of = {r["organism"]: r.get("attack") for r in rows}
-    by_attack = None not in attack_of.values() and len(set(attack_of.values())) == len(organisms)
+    attack_of = {r["organism"]: r["attack"] for r in rows}
+    by_attack = len(set(attack_of.values())) == len(organisms)
     cells = {(r["organism"], r["defense"]): r["after"] for r in rows}
     lines = ["| defense | " + " | ".join(attack_of[o] if by_attack else o for o in organisms) + " |",
              "|---|" + "---|" * len(organisms)]
