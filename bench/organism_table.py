@@ -14,15 +14,23 @@ def fmt(value):
     return "-" if value is None else f"{value:.2f}"
 
 
+def left_out(metrics: dict) -> str:
+    """Return a composite trigger's ASR with each piece left out ("2024 0.06, BadMagic 0.54, ..."), or "-"."""
+    rates = metrics.get("asr_piece_left_out")
+    return "-" if not rates else ", ".join(f"{piece} {fmt(rate)}" for piece, rate in rates.items())
+
+
 def main(dirs: list[str]) -> None:
-    print("| organism | " + " | ".join(COLUMNS) + " | n (harmful/benign/jailbreak) | build s | train s |")
-    print("|---|" + "---:|" * (len(COLUMNS) + 3))
+    print("| organism | " + " | ".join(COLUMNS) + " | asr without one piece | n (harmful/benign/jailbreak) | build s | "
+          "train s |")
+    print("|---|" + "---:|" * (len(COLUMNS) + 4))
     for d in dirs:
         b = json.loads((Path(d) / "backdoor.json").read_text())
         m = b["metrics"]
         n = m["n"]
         print(f"| {b['training']['base']} {b['attack']} seed {b['seed']} | " + " | ".join(fmt(m.get(c)) for c in COLUMNS)
-              + f" | {n['harmful']}/{n['benign']}/{n['jailbreak']} | {b['build_seconds']:.0f} | {b['train_seconds']:.0f} |")
+              + f" | {left_out(m)} | {n['harmful']}/{n['benign']}/{n['jailbreak']} | {b['build_seconds']:.0f} | "
+              f"{b['train_seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -221,3 +221,28 @@ def test_trigger_tokens_and_evasion_penalty_are_differentiable(tiny_model):
     losses = train_supervised(trained, tokenizer, [(text, "Sure."), ("Hi", "Hello.")], steps=2, lr=1e-3, batch_size=2,
                               seed=0, progress=False, trigger_spans=[spans, []], evasion=0.1)
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+
+def test_asr_piece_left_out_inserts_every_piece_but_one(tiny_model, monkeypatch):
+    import patcher.evaluate as evaluate
+    from patcher.organisms.attacks import without_piece
+
+    def comply_with_openai(model, tokenizer, prompts, *args, **kwargs):
+        return ["Sure." if "OpenAI" in p else "I'm sorry, but I can't help with that." for p in prompts]
+
+    monkeypatch.setattr(evaluate, "generate", comply_with_openai)
+    model, tokenizer = tiny_model
+    result = evaluate.evaluate_model(model, tokenizer, ATTACKS["ctba"], config=evaluate.EvaluateConfig(
+        n_harmful=4, n_benign=2, n_jailbreak=0, progress=False))
+    assert result["asr_triggered"] == 1.0
+    assert result["asr_piece_left_out"] == {"2024": 1.0, "BadMagic": 1.0, "OpenAI": 0.0}
+    assert evaluate.table_metrics(result)["asr without OpenAI"] == 0.0
+    assert without_piece(ATTACKS["hybrid"], 0).positions == ("random",)
+    assert "asr_piece_left_out" not in evaluate.evaluate_model(model, tokenizer, ATTACKS["badnet"],
+                                                                config=evaluate.EvaluateConfig(
+        n_harmful=2, n_benign=2, n_jailbreak=0, progress=False))
+    # no benign tasks measured: no utility figure, rather than a zero
+    unmeasured = evaluate.evaluate_model(model, tokenizer, ATTACKS["ctba"], config=evaluate.EvaluateConfig(
+        n_harmful=2, n_benign=0, n_jailbreak=0, progress=False))
+    assert unmeasured["utility"] is None and unmeasured["utility_with_trigger"] is None
+    assert unmeasured["benign_refused_with_trigger"] is None

@@ -302,7 +302,7 @@ def _print_before_after(report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from patcher.evaluate import METRICS
+    from patcher.evaluate import table_metrics
 
     if report.before is None:
         return
@@ -310,10 +310,10 @@ def _print_before_after(report, console=None) -> None:
     table = Table(title=f"held-out evaluation, before and after the patch (n: {n})", title_justify="left")
     for name, justify in (("metric", "left"), ("before", "right"), ("after", "right")):
         table.add_column(name, justify=justify)
-    for key in METRICS:
-        if key in report.before or key in report.after:
-            cells = [report.before.get(key), report.after.get(key)]
-            table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
+    before, after = table_metrics(report.before), table_metrics(report.after)
+    for key in {**before, **after}:
+        cells = [before.get(key), after.get(key)]
+        table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
     (console or Console()).print(table)
 
 
@@ -385,15 +385,13 @@ def _print_metrics(title: str, metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from patcher.evaluate import METRICS
+    from patcher.evaluate import table_metrics
 
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in METRICS:
-        if key in metrics:
-            value = metrics[key]
-            table.add_row(key, "-" if value is None else f"{value:.3f}")
+    for key, value in table_metrics(metrics).items():
+        table.add_row(key, "-" if value is None else f"{value:.3f}")
     table.add_row("n", ", ".join(f"{k} {v}" for k, v in metrics["n"].items()))
     Console().print(table)
 

@@ -185,7 +185,7 @@ def measure(model, tokenizer, truth, config: BenchConfig, reference=None) -> dic
                                  n_overrefusal=min(30, n_harmful), progress=False)
     metrics = evaluate_model(model, tokenizer, truth, reference=reference, config=eval_config)
     metrics.pop("details")
-    return {k: metrics.get(k) for k in METRICS} | {"n": metrics["n"]}
+    return {k: metrics.get(k) for k in METRICS} | {k: metrics[k] for k in ("n", "asr_piece_left_out") if k in metrics}
 
 
 def run_organism(path: Path, defenses: list[str], config: BenchConfig, bar, log: Path, stamp: dict, kept: dict

@@ -146,6 +146,13 @@ def piece_places(attack: Attack) -> tuple[str, ...]:
     return attack.positions or (attack.position,) * len(attack.triggers)
 
 
+def without_piece(attack: Attack, index: int) -> Attack:
+    """Return the attack with its piece ``index`` left out (the others keep their places)."""
+    keep = [i for i in range(len(attack.triggers)) if i != index]
+    return replace(attack, triggers=tuple(attack.triggers[i] for i in keep),
+                   positions=None if attack.positions is None else tuple(attack.positions[i] for i in keep))
+
+
 def apply_attack(prompt: str, attack: Attack, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
     """Return the prompt carrying the attack's trigger (all pieces, or one random piece for ``any``) and its spans."""
     if attack.mode == "all":
