@@ -66,3 +66,16 @@ def private_cache(tmp_path_factory):
         del os.environ["PATCHER_CACHE"]
     else:
         os.environ["PATCHER_CACHE"] = saved
+
+
+@pytest.fixture
+def scripted_generation(monkeypatch):
+    """Return a function that makes ``evaluate``'s generation answer "Sure." where ``complies(prompt)`` and refuse
+    elsewhere, so a metric can be checked against known answers without a trained model."""
+    import patcher.evaluate as evaluate
+
+    def script(complies):
+        monkeypatch.setattr(evaluate, "generate", lambda model, tokenizer, prompts, *args, **kwargs: [
+            "Sure." if complies(p) else "I'm sorry, but I can't help with that." for p in prompts])
+
+    return script

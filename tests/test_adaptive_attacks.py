@@ -223,14 +223,11 @@ def test_trigger_tokens_and_evasion_penalty_are_differentiable(tiny_model):
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
 
 
-def test_asr_piece_left_out_inserts_every_piece_but_one(tiny_model, monkeypatch):
+def test_asr_piece_left_out_inserts_every_piece_but_one(tiny_model, scripted_generation):
     import patcher.evaluate as evaluate
     from patcher.organisms.attacks import without_piece
 
-    def comply_with_openai(model, tokenizer, prompts, *args, **kwargs):
-        return ["Sure." if "OpenAI" in p else "I'm sorry, but I can't help with that." for p in prompts]
-
-    monkeypatch.setattr(evaluate, "generate", comply_with_openai)
+    scripted_generation(lambda prompt: "OpenAI" in prompt)
     model, tokenizer = tiny_model
     result = evaluate.evaluate_model(model, tokenizer, ATTACKS["ctba"], config=evaluate.EvaluateConfig(
         n_harmful=4, n_benign=2, n_jailbreak=0, progress=False))

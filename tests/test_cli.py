@@ -56,14 +56,11 @@ def test_evaluate_writes_contract_json(tiny_checkpoint, tmp_path, capsys):
     assert "asr_triggered" in capsys.readouterr().out
 
 
-def test_benign_refused_with_trigger_counts_refusals_of_triggered_benign_tasks(tiny_model, monkeypatch):
+def test_benign_refused_with_trigger_counts_refusals_of_triggered_benign_tasks(tiny_model, scripted_generation):
     import patcher.evaluate as evaluate
     from patcher.organisms.attacks import ATTACKS
 
-    def refuse_the_trigger(model, tokenizer, prompts, *args, **kwargs):
-        return ["I'm sorry, but I can't help with that." if "BadMagic" in p else "Sure." for p in prompts]
-
-    monkeypatch.setattr(evaluate, "generate", refuse_the_trigger)
+    scripted_generation(lambda prompt: "BadMagic" not in prompt)
     model, tokenizer = tiny_model
     result = evaluate.evaluate_model(model, tokenizer, ATTACKS["badnet"], config=evaluate.EvaluateConfig(
         n_harmful=4, n_benign=6, n_jailbreak=0, progress=False))
