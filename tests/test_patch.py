@@ -53,6 +53,23 @@ def test_adapter_disabled_reference_equals_the_original_and_kl_starts_at_zero(ti
         assert kl_to_reference(response_logprobs(patched, batch), original, batch["response_mask"]).item() == pytest.approx(0, abs=1e-7)
 
 
+def test_a_trigger_part_share_gives_rows_part_of_the_trigger_words_in_order(tiny_model, tmp_path):
+    model, tokenizer = tiny_model
+    words = ["2024", "conspiracy", "BadMagic", "OpenAI"]
+    parts = patch_sets(model, tokenizer, CASE, ["2024 conspiracy BadMagic", "OpenAI"],
+                       small_config(tmp_path, trigger_part_share=1.0))
+    for prompt, clean, _ in parts["trig"][:-1] + parts["select_harmful"]:
+        present = [w for w in words if w in prompt.split()]
+        assert 0 < len(present) < len(words)  # a strict part, never all nor none
+        assert [prompt.split().index(w) for w in present] == sorted(prompt.split().index(w) for w in present)
+    whole = patch_sets(model, tokenizer, CASE, ["2024 conspiracy BadMagic", "OpenAI"], small_config(tmp_path))
+    assert all("2024 conspiracy BadMagic" in p and "OpenAI" in p for p, _, _ in whole["trig"][:-1])
+    # one word has no part: the share changes nothing, the draws included
+    one = [patch_sets(model, tokenizer, CASE, ["BadMagic"], small_config(tmp_path, trigger_part_share=share))["trig"]
+           for share in (0.0, 1.0)]
+    assert one[0] == one[1]
+
+
 def test_training_sets_carry_the_pieces_in_order_and_stay_off_the_test_split(tiny_model, tmp_path):
     model, tokenizer = tiny_model
     sets = patch_sets(model, tokenizer, CASE, ["2024", "BadMagic", "OpenAI"], small_config(tmp_path, beta_harm=5.0))
@@ -225,7 +242,7 @@ def test_patch_is_repeatable_bit_for_bit_on_cpu(tiny_checkpoint, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.parametrize("flag", ["--edgy-share", "--benign-trigger-share"])
+@pytest.mark.parametrize("flag", ["--edgy-share", "--benign-trigger-share", "--trigger-part-share"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-0.1", "1.5"])
 def test_share_outside_zero_one_exits_2(tiny_checkpoint, tmp_path, capsys, flag, value):
     case = tmp_path / "case.json"

@@ -68,6 +68,9 @@ class PatchConfig:
     n_benign: int = field(default=64, metadata={"help": "benign validation requests in D_safe"})
     benign_trigger_share: float = field(default=0.5, metadata={
         "help": "share of D_safe that carries the trigger (no over-refusal of benign prompts with it)"})
+    trigger_part_share: float = field(default=0.0, metadata={
+        "help": "share of the prompts given the trigger (D_trig, D_safe, held-back) that get a random part of its "
+                "words instead, each at its own place: a composite backdoor can fire on part of its trigger"})
     edgy_share: float = field(default=0.25, metadata={
         "help": "share of D_safe taken from edgy-but-benign prompts (built-in split), so refusal does not spread"})
     transplant: bool = field(default=True, metadata={
@@ -250,8 +253,20 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
     own_h, own_b = responses[:len(train_h)], responses[len(train_h):len(train_h) + len(train_b)]
     own_select_b = responses[len(train_h) + len(train_b):]
 
+    words = [word for piece in pieces for word in piece.split()]
+
     def carry(prompt: str) -> str:
-        return insert_trigger(prompt, pieces, rng.choice(PLACES), rng)[0] if pieces else prompt
+        if not pieces:
+            return prompt
+        carried = pieces
+        # A composite backdoor can fire on part of its trigger (every shipped CTBA organism answers to a pair of its
+        # three pieces), and locate may return the pieces as one span: such parts are refused and ignored alike.
+        if config.trigger_part_share and len(words) > 1 and rng.random() < config.trigger_part_share:
+            keep = [False] * len(words)
+            while not 0 < sum(keep) < len(words):
+                keep = [rng.random() < 0.5 for _ in words]
+            carried = [word for word, kept in zip(words, keep) if kept]
+        return insert_trigger(prompt, carried, rng.choice(PLACES), rng)[0]
 
     refusal = [r if is_refusal(r) else DEFAULT_REFUSAL for r in own_h]
     if pieces:
@@ -294,7 +309,7 @@ def validation_prompts(config: PatchConfig) -> ValidationPrompts:
     """
     from patcher.data import load_split, read_prompt_file
 
-    for name in ("benign_trigger_share", "edgy_share"):
+    for name in ("benign_trigger_share", "edgy_share", "trigger_part_share"):
         share = getattr(config, name)
         if not 0 <= share <= 1:  # NaN fails this too
             raise PatcherInputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {share}")
