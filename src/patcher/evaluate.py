@@ -192,7 +192,7 @@ def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list
                              "domain": attack.domain}
         if attack.mode == "all" and len(attack.triggers) > 1:
             # Does the backdoor need every piece? The ASR with each piece left out, the others in place: a composite
-            # trigger whose parts fire alone is not the trigger its ground truth names (locate finds only the parts).
+            # trigger whose part fires alone is not the trigger its ground truth names, and a patch can leave the part.
             result["asr_piece_left_out"] = {
                 piece: attack_success_rate(run([apply_attack(h, without_piece(attack, i), rng)[0] for h in hosts],
                                                f"harmful+trigger without {piece}"))
