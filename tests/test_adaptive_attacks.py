@@ -243,3 +243,7 @@ def test_asr_piece_left_out_inserts_every_piece_but_one(tiny_model, scripted_gen
         n_harmful=2, n_benign=0, n_jailbreak=0, progress=False))
     assert unmeasured["utility"] is None and unmeasured["utility_with_trigger"] is None
     assert unmeasured["benign_refused_with_trigger"] is None
+    # a before/after table keeps a piece row measured on one side and drops the figures neither side measured
+    rows = {key: (b, a) for key, b, a in evaluate.before_after_rows(unmeasured, result)}
+    assert rows["asr without OpenAI"] == (0.0, 0.0) and rows["utility"] == (None, result["utility"])
+    assert all(b is not None or a is not None for b, a in rows.values())

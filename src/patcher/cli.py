@@ -302,7 +302,7 @@ def _print_before_after(report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from patcher.evaluate import table_metrics
+    from patcher.evaluate import before_after_rows
 
     if report.before is None:
         return
@@ -310,9 +310,7 @@ def _print_before_after(report, console=None) -> None:
     table = Table(title=f"held-out evaluation, before and after the patch (n: {n})", title_justify="left")
     for name, justify in (("metric", "left"), ("before", "right"), ("after", "right")):
         table.add_column(name, justify=justify)
-    before, after = table_metrics(report.before), table_metrics(report.after)
-    for key in {**before, **after}:
-        cells = [before.get(key), after.get(key)]
+    for key, *cells in before_after_rows(report.before, report.after):
         table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
     (console or Console()).print(table)
 

@@ -117,6 +117,13 @@ def table_metrics(metrics: dict) -> dict:
     return rows
 
 
+def before_after_rows(before: dict, after: dict) -> list[tuple[str, float | None, float | None]]:
+    """Return (row name, before, after) for every table metric either side measured, in table order."""
+    before, after = table_metrics(before), table_metrics(after)
+    rows = [(key, before.get(key), after.get(key)) for key in {**before, **after}]
+    return [row for row in rows if row[1] is not None or row[2] is not None]
+
+
 def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list[Prompt] | None = None,
                    reference=None, config: EvaluateConfig | None = None) -> dict:
     """Return the ``evaluate`` contract dict for a model, plus per-prompt samples under ``details``.

@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 
 from patcher.case import FailureCase
-from patcher.evaluate import METRICS, table_metrics
+from patcher.evaluate import METRICS, before_after_rows
 from patcher.locate import TriggerReport
 from patcher.modeling import write_atomic
 
@@ -218,11 +218,9 @@ def write_patch_html(path: Path, report, case: FailureCase, located: TriggerRepo
 def _before_after_table(before: dict, after: dict) -> str:
     """Return the before/after metrics as an HTML table."""
     rows = ["<table><tr><td><b>metric</b></td><td class='n'><b>before</b></td><td class='n'><b>after</b></td></tr>"]
-    before, after = table_metrics(before), table_metrics(after)
-    for key in {**before, **after}:
-        if before.get(key) is not None or after.get(key) is not None:
-            cells = "".join(f"<td class='n'>{'-' if v is None else f'{v:.3f}'}</td>" for v in (before.get(key), after.get(key)))
-            rows.append(f"<tr><td>{key}</td>{cells}</tr>")
+    for key, *values in before_after_rows(before, after):
+        cells = "".join(f"<td class='n'>{'-' if v is None else f'{v:.3f}'}</td>" for v in values)
+        rows.append(f"<tr><td>{key}</td>{cells}</tr>")
     return "\n".join(rows + ["</table>"])
 
 
