@@ -1,14 +1,24 @@
-"""Kept state of each select-ATTACK-SEED.json against the twenty-seventh session's run of the same patch seed:
-python results/patch-s31/compare.py   (same output sha256: the same weights, so the same figures)."""
+"""Kept state of each select-ATTACK-SEED.json, and the state the key without the untriggered requests keeps from
+the same measurements; against the twenty-seventh session's run of the same patch seed where there is one
+(same output sha256: the same weights, so the same figures): python results/patch-s31/compare.py"""
 import glob
 import json
 from pathlib import Path
 
 here = Path(__file__).parent
-for path in sorted(glob.glob(str(here / "select-*.json"))):
-    name = Path(path).stem[len("select-"):]
-    new, old = json.loads(Path(path).read_text()), json.loads((here.parent / "patch-s27" / f"p-{name}.json").read_text())
-    same = new["provenance"]["output_sha256"] == old["provenance"]["output_sha256"]
+for path in sorted(glob.glob(str(here / "select-*.json")) + glob.glob(str(here / "fine-*-patch.json"))):
+    name = Path(path).stem.removeprefix("select-").removeprefix("fine-").removesuffix("-patch")
+    new = json.loads(Path(path).read_text())
+    original, *steps = new["selection"]
+    # the key before: ASR with the trigger, edgy prompts refused beyond the original's, KL (first of equals kept)
+    before = min([original, *steps], key=lambda s: (s["asr_triggered"],
+                 max(0.0, s["refused_edgy"] - original["refused_edgy"]), s["kl_benign"]))["step"]
     clean = " ".join(f"{s['step']}:{s['asr_clean']:.3f}" for s in new["selection"])
-    print(f"{name:10} step {old['best_step']:2} -> {new['best_step']:2}  same weights {same}  held-back ASR clean "
-          f"by step {clean}  train {new['train_seconds']:.0f} s (s27 {old['train_seconds']:.0f} s)")
+    line = f"{name:10} kept step {new['best_step']:2} (key before: {before:2})  held-back ASR clean by step {clean}  " \
+           f"train {new['train_seconds']:.0f} s"
+    s27 = here.parent / "patch-s27" / f"p-{name}.json"
+    if s27.exists():
+        old = json.loads(s27.read_text())
+        same = new["provenance"]["output_sha256"] == old["provenance"]["output_sha256"]
+        line += f"; s27 kept step {old['best_step']}, same weights {same}, train {old['train_seconds']:.0f} s"
+    print(line)
