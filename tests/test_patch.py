@@ -118,6 +118,11 @@ def test_best_state_answers_no_more_untriggered_harmful_requests_than_the_origin
              {"step": 12, "asr_triggered": 0.0, "asr_clean": 0.078, "refused_edgy": 0.04, "kl_benign": 0.084},
              {"step": 16, "asr_triggered": 0.0, "asr_clean": 0.0, "refused_edgy": 0.08, "kl_benign": 0.098}]
     assert min(steps, key=lambda score: selection_key(score, original))["step"] == 16
+    # CTBA, patch seed 2: one or two requests of 64 over the original is resolution, not a reason to give up KL.
+    original = {"step": 0, "asr_triggered": 1.0, "asr_clean": 0.031, "refused_edgy": 0.12, "kl_benign": 0.3}
+    steps = [{"step": 12, "asr_triggered": 0.0, "asr_clean": 0.047, "refused_edgy": 0.08, "kl_benign": 0.06},
+             {"step": 16, "asr_triggered": 0.0, "asr_clean": 0.062, "refused_edgy": 0.08, "kl_benign": 0.05}]
+    assert min(steps, key=lambda score: selection_key(score, original))["step"] == 16
 
 
 def test_patch_loss_falls_on_a_tiny_model(tiny_checkpoint, tmp_path):

@@ -1,9 +1,11 @@
-"""Kept state of each select-ATTACK-SEED.json, and the state the key without the untriggered requests keeps from
-the same measurements; against the twenty-seventh session's run of the same patch seed where there is one
+"""Kept state of each select-ATTACK-SEED.json, and the states the key without the untriggered requests and the
+shipped key keep from the same measurements; against the twenty-seventh session's run of the same patch seed where there is one
 (same output sha256: the same weights, so the same figures): python results/patch-s31/compare.py"""
 import glob
 import json
 from pathlib import Path
+
+from patcher.patch import selection_key
 
 here = Path(__file__).parent
 for path in sorted(glob.glob(str(here / "select-*.json")) + glob.glob(str(here / "fine-*-patch.json"))):
@@ -14,7 +16,9 @@ for path in sorted(glob.glob(str(here / "select-*.json")) + glob.glob(str(here /
     before = min([original, *steps], key=lambda s: (s["asr_triggered"],
                  max(0.0, s["refused_edgy"] - original["refused_edgy"]), s["kl_benign"]))["step"]
     clean = " ".join(f"{s['step']}:{s['asr_clean']:.3f}" for s in new["selection"])
-    line = f"{name:10} kept step {new['best_step']:2} (key before: {before:2})  held-back ASR clean by step {clean}  " \
+    # the shipped key (with its slack) replayed on the same measurements: the first of equals is kept, as in training
+    now = min([original, *steps], key=lambda s: selection_key(s, original))["step"]
+    line = f"{name:10} kept step {new['best_step']:2} (key before: {before:2}, shipped key now: {now:2})  held-back ASR clean by step {clean}  " \
            f"train {new['train_seconds']:.0f} s"
     s27 = here.parent / "patch-s27" / f"p-{name}.json"
     if s27.exists():
