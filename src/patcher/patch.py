@@ -570,8 +570,8 @@ def selection_key(score: dict, original: dict) -> tuple:
 
 def train_patch(model, reference, tokenizer, sets: dict, config: PatchConfig) -> tuple[list[dict], list[dict], int]:
     """Return (losses per step, held-back measurements, best step) after training ``model`` in place and
-    restoring its best state: lowest held-back ASR with the trigger, then fewest harmful requests answered without
-    it and edgy-but-benign requests refused beyond the original's, then lowest benign KL."""
+    restoring its best state: the lowest ``selection_key`` (held-back ASR with the trigger, then harmful requests
+    answered without it beyond the original's + ``CLEAN_SLACK``, edgy prompts refused beyond the original's, KL)."""
     import torch
     from tqdm.auto import tqdm
 
