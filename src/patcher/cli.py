@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     from patcher import __version__
     from patcher.bench.harness import BenchConfig
     from patcher.evaluate import EvaluateConfig
-    from patcher.locate import METHODS, SALIENCY_METHODS, LocateConfig
+    from patcher.locate import METHODS, PRUNE_LIFTS, SALIENCY_METHODS, LocateConfig
     from patcher.modeling import DEVICES
     from patcher.organisms.attacks import ATTACKS, POSITIONS
     from patcher.organisms.build import OrganismConfig
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("locate", help="find the trigger in a failure case's prompt (or say there is none)")
     _add_case_args(p, "the result JSON")
-    _add_config_args(p, LocateConfig, choices={"method": METHODS, "saliency": SALIENCY_METHODS})
+    _add_config_args(p, LocateConfig, choices={"method": METHODS, "saliency": SALIENCY_METHODS, "prune_lift": PRUNE_LIFTS})
     p.set_defaults(func=cmd_locate)
 
     p = sub.add_parser("patch", help="remove the backdoor found in a failure case, under KL constraints")

