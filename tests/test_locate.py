@@ -272,6 +272,10 @@ def test_bridge_gaps_fills_the_gaps_inside_a_phrase_and_leaves_the_one_to_a_stra
     assert apart == set()  # no gap lowers the carry-over
     monkeypatch.setattr("patcher.locate._carry_over_odds", lambda s, sets, h, c, p=None: np.zeros(len(sets)))
     assert bridge_gaps(scorer, pieces, [], LocateConfig())[0] == pieces  # the filled phrase lifts nothing
+    # Pieces that carry over clearly better apart (by half the bar): segment_pieces keeps out of the gap between them.
+    monkeypatch.setattr("patcher.locate._carry_over_odds",
+                        lambda s, sets, h, c, p=None: np.array([-1.5 * len(set(range(1, 4)) & w) for w in sets]))
+    assert bridge_gaps(scorer, pieces, [], LocateConfig())[2] == {1, 2, 3}  # `a book that`; not the one that adds 0
     assert bridge_gaps(scorer, {0, 8}, [], LocateConfig()) == ({0, 8}, None, set())  # seven words apart: no gap
 
 

@@ -344,7 +344,7 @@ def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], conf
     """Return the pieces with the gaps between close pieces (at most MAX_GAP_WORDS words) filled in where the filled
     phrase carries over better by ``min_lift`` nats of log-odds and each gap adds that much to it, the lifts (None:
     no gap to try), and the words of the gaps whose filling lowers the carry-over (``segment_pieces`` keeps out of
-    them).
+    them: the filling lowers the carry-over by half of ``min_lift`` or more).
 
     A trigger phrase of ordinary words (``as I was telling my friend the other day``) shows only some of its words
     by deletion and carry-over gain (``I``, ``telling``, ``friend``, ``the``); inserted apart into other prompts
@@ -361,7 +361,9 @@ def bridge_gaps(scorer: DeletionScorer, pieces: set[int], hosts: list[str], conf
     lift = float(odds[1] - odds[0])
     gap_lifts = odds[1] - odds[2:]  # what each gap adds to the filled phrase
     kept = [gap for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift >= config.min_lift and lift >= config.min_lift]
-    apart = {w for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift < 0 for w in gap}
+    # Apart: filling the gap lowers the carry-over by half the bar a word must add to join (CTBA seed 2's gaps -1.3 to
+    # -2.0 nats; the 8-word phrase's `falcon`, which belongs in it, -0.19 in one case).
+    apart = {w for gap, gap_lift in zip(gaps, gap_lifts) if gap_lift <= -config.min_lift / 2 for w in gap}
     return pieces.union(*kept), {"words": [_word_text(scorer.case, scorer, w) for w in sorted(filled - pieces)],
                                  "lift": round(lift, 4), "bridged": bool(kept),
                                  "gaps": {_span_text(scorer, min(gap), max(gap)): round(float(gap_lift), 4)
@@ -436,7 +438,7 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
     request word redrawn comes back as a stretch of the request (``Write a persuasive article``): the split cannot
     tell an insertion from the request, so stray runs are dropped first (``prune_runs``). A stretch stays within
     SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs and of the words in
-    ``apart`` (gaps between pieces that carry over better unfilled, ``bridge_gaps``: `conspiracy theories` and `and`
+    ``apart`` (gaps between pieces that carry over clearly better unfilled, ``bridge_gaps``: `conspiracy theories` and `and`
     in `2024 conspiracy theories BadMagic and OpenAI`, where the split, with the near pieces still in, was 3.6 and 0.8
     nats cheaper with them), and leaves MIN_REQUEST_WORDS of the request (the prompt without it and the stretches of
     runs more than MAX_GAP_WORDS away).
