@@ -38,7 +38,7 @@ def line(label, items):
     f1 = sum(r["f1"] for r in hot) / len(hot) if hot else None
     return (f"| {label} | {'-' if f1 is None else f'{f1:.2f}'} | {sum(r['exact'] for r in hot)}/{len(hot)} | "
             f"{sum(r['verdict'] == 'trigger' for r in hot)}/{len(hot)} | "
-            f"{sum(r['verdict'] == 'no_trigger' for r in null)}/{len(null)} | {'this session' if label in replaced else 's16'} |")
+            f"{sum(r['verdict'] == 'no_trigger' for r in null)}/{len(null)} | {'merged' if label.startswith('**') else 'this session' if label in replaced else 's16'} |")
 
 
 print("| organism | F1 | exact | verdict `trigger` | null `no_trigger` | run |\n|---|---:|---:|---:|---:|---|")

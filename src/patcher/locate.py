@@ -86,8 +86,9 @@ class LocateConfig:
                 "--min-lift: a request word the deletions picked up adds little to a trigger in other requests"})
     prune_lift: str = field(default="shapley", metadata={
         "help": "what a piece's lift is when pruning: shapley (its mean lift over every subset of the other pieces, "
-                "so a composite trigger's piece counts where the others do not already saturate the opening) or "
-                "leave_one_out (its lift beside all the others; the default to the thirty-first session)"})
+                "so a composite trigger's piece counts where the others do not already saturate the opening; with "
+                "more than 6 pieces, leave_one_out) or leave_one_out (its lift beside all the others; the default to "
+                "the thirty-first session)"})
     segment: bool = field(default=True, metadata={
         "help": "redraw the edges of an accepted trigger's pieces where the prompt splits most cheaply into a request "
                 "and an inserted phrase (the model's own NLL of both as user messages): the whole of a long trigger "
