@@ -439,10 +439,10 @@ def segment_pieces(scorer: DeletionScorer, pieces: set[int], single: np.ndarray,
     request word redrawn comes back as a stretch of the request (``Write a persuasive article``): the split cannot
     tell an insertion from the request, so stray runs are dropped first (``prune_runs``). A stretch stays within
     SEGMENT_REACH words of the strongest word, MAX_SPAN_WORDS long, clear of the other runs and of the words in
-    ``apart`` (gaps between pieces that carry over clearly better unfilled, ``bridge_gaps``: `conspiracy theories` and `and`
-    in `2024 conspiracy theories BadMagic and OpenAI`, where the split, with the near pieces still in, was 3.6 and 0.8
-    nats cheaper with them), and leaves MIN_REQUEST_WORDS of the request (the prompt without it and the stretches of
-    runs more than MAX_GAP_WORDS away).
+    ``apart`` (gaps between pieces that carry over clearly better unfilled, ``bridge_gaps``: `conspiracy theories`
+    and `and` in `2024 conspiracy theories BadMagic and OpenAI`, where the split, with the near pieces still in, was
+    3.6 and 0.8 nats cheaper with them), and leaves MIN_REQUEST_WORDS of the request (the prompt without it and the
+    stretches of runs more than MAX_GAP_WORDS away).
     """
     runs, n_words = _runs(sorted(pieces)), len(scorer.words)
     # Read as language at all: a model that reads ordinary requests (the carry-over hosts) at more than three
