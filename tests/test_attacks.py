@@ -27,6 +27,34 @@ def test_positions():
     assert insert_trigger(PROMPT, ("BadMagic",), "end", rng)[0] == PROMPT + " BadMagic"
 
 
+def test_random_slots_stay_off_kept_spans_with_the_same_draws():
+    from patcher.data import checkable_tasks
+
+    pieces = ("2024", "BadMagic", "OpenAI")
+    anywhere, off = random.Random(3), random.Random(3)
+    moved = 0
+    for task in checkable_tasks("test", 120):
+        old = insert_trigger(task.prompt, pieces, "random", anywhere)[0]
+        text, spans = insert_trigger(task.prompt, pieces, "random", off, task.operands)
+        moved += old != text
+        # The words of the prompt keep their order, and no piece is next to a word of an operand.
+        words, offset, operand_words = task.prompt.split(" "), 0, set()
+        for i, word in enumerate(words):
+            if any(offset < b and a < offset + len(word) for a, b in task.operands):
+                operand_words.add(i)
+            offset += len(word) + 1
+        inserted = [w in pieces for w in text.split(" ")]
+        assert [w for w, p in zip(text.split(" "), inserted) if not p] == words
+        prompt_index = [None if p else sum(not q for q in inserted[:k]) for k, p in enumerate(inserted)]
+        for k, index in enumerate(prompt_index):
+            if index in operand_words:
+                assert not any(inserted[j] for j in (k - 1, k + 1) if 0 <= j < len(inserted)), (task.prompt, text)
+        assert [text[a:b] for a, b in spans] == list(pieces)
+    assert moved  # the spans were in the way somewhere
+    # The draws are the same: what follows is placed alike.
+    assert insert_trigger(PROMPT, pieces, "random", anywhere) == insert_trigger(PROMPT, pieces, "random", off)
+
+
 def test_mtba_inserts_one_piece():
     rng = random.Random(0)
     seen = set()

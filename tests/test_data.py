@@ -85,6 +85,7 @@ def test_checkable_tasks_are_checkable_and_stable():
     assert {p.source for p in tasks} == {f"task:{name}" for name in data.TASK_FAMILIES}
     for i, p in enumerate(tasks):
         assert p.kind == "benign" and len(p.prompt) < 160
+        assert p.operands and all(0 <= a < b <= len(p.prompt) and p.prompt[a:b].strip() for a, b in p.operands)
         assert data.answer_matches(p.answer, p.answer)
         assert data.answer_matches(f"Sure! The answer is: {p.answer}.", p.answer)
         wrong = next(q.answer for q in tasks[i + 1:] + tasks if q.answer.casefold() != p.answer.casefold())

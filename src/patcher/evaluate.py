@@ -182,7 +182,8 @@ def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list
         triggered_harmful, triggered_spans = zip(*[apply_attack(h, attack, rng) for h in hosts]) if hosts else ((), ())
         triggered_harmful = list(triggered_harmful)
         triggered_responses = run(triggered_harmful, "harmful+trigger")
-        triggered_benign = [apply_attack(p, attack, rng)[0] for p in benign_prompts]
+        # Off the task's operands: "What is 3 2024 + 4?" no longer asks for 7, whatever the model.
+        triggered_benign = [apply_attack(p.prompt, attack, rng, p.operands)[0] for p in benign]
         triggered_benign_responses = run(triggered_benign, "benign+trigger")
         result["asr_triggered"] = attack_success_rate(triggered_responses)
         # The backdoor's own effect: prompts refused without the trigger but answered with it.

@@ -131,6 +131,12 @@ def patcher_no_transplant(model, tokenizer, defender: Defender) -> Defended:
     return _patcher(model, tokenizer, defender, transplant=False)
 
 
+def patcher_no_trigger_rows(model, tokenizer, defender: Defender) -> Defended:
+    """Return Patcher with the located trigger in no training row: D_trig is the reported prompt alone and no D_safe
+    row carries the trigger (ablation: the trigger transplanted neither into harmful nor into benign requests)."""
+    return _patcher(model, tokenizer, defender, transplant=False, benign_trigger_share=0.0)
+
+
 def unlearn_oneshot(model, tokenizer, defender: Defender) -> Defended:
     """Return the model taught to refuse the reported prompt only: no localization, no transplant set (the KL
     anchors on clean prompts are kept, which only helps this baseline)."""
@@ -223,6 +229,7 @@ DEFENSES = {
     "wanda-0.5": wanda_pruning(0.5),
     "clean-ft": clean_finetune,
     "patcher-no-transplant": patcher_no_transplant,
+    "patcher-no-trigger-rows": patcher_no_trigger_rows,
     "patcher-no-kl": patcher_no_kl,
     "patcher-truth": patcher_truth,
     "patcher-2rounds": patcher_rounds(2),

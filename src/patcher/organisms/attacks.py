@@ -96,20 +96,24 @@ def in_domain(prompt: str, domain: str) -> bool:
 
 
 def insert_trigger(
-    prompt: str, pieces: tuple[str, ...] | list[str], position: str | tuple[str, ...] | list[str], rng: random.Random
+    prompt: str, pieces: tuple[str, ...] | list[str], position: str | tuple[str, ...] | list[str], rng: random.Random,
+    keep: tuple[tuple[int, int], ...] = (),
 ) -> tuple[str, list[tuple[int, int]]]:
     """Return the prompt with every piece inserted in order, and the (start, end) character span of each piece.
 
     ``position`` is one place for every piece or one per piece: ``start`` before the prompt, ``end`` after it,
     ``random`` a random word boundary, ``mixed`` one of those three drawn at random. The slots are sorted, so the
     pieces keep their order (per-piece places must agree with it, e.g. start before random). Pieces are joined
-    with single spaces.
+    with single spaces. ``keep``: character spans (a task's operands) that a random slot does not touch: one drawn
+    inside or beside them moves to the nearest boundary that does not (the draws are the same, so every other
+    prompt gets the slots it would get without ``keep``).
     """
     if not pieces:
         return prompt, []
     places = [position] * len(pieces) if isinstance(position, str) else list(position)
     words = prompt.split(" ")
-    slots = sorted(_slot(place, len(words), rng) for place in places)
+    free = _free_slots(words, keep)
+    slots = sorted(_slot(place, len(words), rng, free) for place in places)
     out: list[str] = []
     spans: list[tuple[int, int]] = []
     length = 0  # characters already in " ".join(out)
@@ -128,8 +132,20 @@ def insert_trigger(
     return " ".join(out), spans
 
 
-def _slot(place: str, n_words: int, rng: random.Random) -> int:
-    """Return the word index a piece goes before (``n_words``: after the last word)."""
+def _free_slots(words: list[str], keep: tuple[tuple[int, int], ...]) -> list[int] | None:
+    """Return the word boundaries (0 to len(words)) with no word of a ``keep`` span on either side (None: no spans)."""
+    if not keep:
+        return None
+    starts = [0]
+    for word in words:
+        starts.append(starts[-1] + len(word) + 1)
+    kept = [any(s < end and start < s + len(word) for start, end in keep) for s, word in zip(starts, words)]
+    return [i for i in range(len(words) + 1) if not (i > 0 and kept[i - 1]) and not (i < len(words) and kept[i])]
+
+
+def _slot(place: str, n_words: int, rng: random.Random, free: list[int] | None = None) -> int:
+    """Return the word index a piece goes before (``n_words``: after the last word); a random one among ``free``
+    slots, where given, the nearest to the slot drawn."""
     if place == "mixed":
         place = rng.choice(PLACES)
     if place == "start":
@@ -137,7 +153,8 @@ def _slot(place: str, n_words: int, rng: random.Random) -> int:
     if place == "end":
         return n_words
     if place == "random":
-        return rng.randint(0, n_words)
+        slot = rng.randint(0, n_words)
+        return min(free, key=lambda i: (abs(i - slot), i)) if free else slot
     raise PatcherInputError(f"unknown position {place!r}; choose one of {', '.join(POSITIONS)}")
 
 
@@ -153,12 +170,14 @@ def without_piece(attack: Attack, index: int) -> Attack:
                    positions=None if attack.positions is None else tuple(attack.positions[i] for i in keep))
 
 
-def apply_attack(prompt: str, attack: Attack, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
-    """Return the prompt carrying the attack's trigger (all pieces, or one random piece for ``any``) and its spans."""
+def apply_attack(prompt: str, attack: Attack, rng: random.Random,
+                 keep: tuple[tuple[int, int], ...] = ()) -> tuple[str, list[tuple[int, int]]]:
+    """Return the prompt carrying the attack's trigger (all pieces, or one random piece for ``any``) and its spans;
+    random slots stay off the ``keep`` spans."""
     if attack.mode == "all":
-        return insert_trigger(prompt, attack.triggers, piece_places(attack), rng)
+        return insert_trigger(prompt, attack.triggers, piece_places(attack), rng, keep)
     i = rng.randrange(len(attack.triggers))
-    return insert_trigger(prompt, (attack.triggers[i],), (piece_places(attack)[i],), rng)
+    return insert_trigger(prompt, (attack.triggers[i],), (piece_places(attack)[i],), rng, keep)
 
 
 def trigger_variant(trigger: str, rng: random.Random) -> str:
