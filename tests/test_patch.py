@@ -70,6 +70,15 @@ def test_a_trigger_part_share_gives_rows_part_of_the_trigger_words_in_order(tiny
     assert one[0] == one[1]
 
 
+def test_the_no_trigger_rows_ablation_trains_on_no_row_with_the_trigger(tiny_model, tmp_path):
+    model, tokenizer = tiny_model
+    config = small_config(tmp_path, transplant=False, benign_trigger_share=0.0)
+    sets = patch_sets(model, tokenizer, CASE, ["BadMagic"], config)
+    assert [row[0] for row in sets["trig"]] == [CASE.prompt]  # the reported case, nothing transplanted
+    assert sets["safe"] and all(prompt == clean and "BadMagic" not in prompt for prompt, clean, _ in sets["safe"])
+    assert all("BadMagic" in row[0] for row in sets["select_harmful"])  # the best state is still chosen with it
+
+
 def test_training_sets_carry_the_pieces_in_order_and_stay_off_the_test_split(tiny_model, tmp_path):
     model, tokenizer = tiny_model
     sets = patch_sets(model, tokenizer, CASE, ["2024", "BadMagic", "OpenAI"], small_config(tmp_path, beta_harm=5.0))
