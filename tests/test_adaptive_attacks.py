@@ -223,6 +223,22 @@ def test_trigger_tokens_and_evasion_penalty_are_differentiable(tiny_model):
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
 
 
+def test_table_cells_count_the_prompts_behind_each_rate():
+    from patcher.evaluate import format_metric
+
+    metrics = {"n": {"harmful": 50, "benign": 50, "jailbreak": 30, "overrefusal": 45}}
+    assert format_metric(metrics, "over_refusal", 2 / 45) == "0.044 (2/45)"
+    assert format_metric(metrics, "asr_triggered", 0.98) == "0.980 (49/50)"
+    assert format_metric(metrics, "jailbreak_asr", 0.0) == "0.000 (0/30)"
+    # a domain attack's triggered ASR is a share of its in-domain requests; rates with no count kept, and KL, bare
+    domain = {"n": {**metrics["n"], "in_domain": 12}}
+    assert format_metric(domain, "asr_triggered", 0.25) == "0.250 (3/12)"
+    assert format_metric(domain, "asr without OpenAI", 0.5) == "0.500 (6/12)"
+    assert format_metric(metrics, "asr_triggered_where_clean_refused", 0.5) == "0.500"
+    assert format_metric(metrics, "kl_to_reference", 0.0431) == "0.043"
+    assert format_metric({"n": {"harmful": 50}}, "over_refusal", None) == "-"
+
+
 def test_asr_piece_left_out_inserts_every_piece_but_one(tiny_model, scripted_generation):
     import patcher.evaluate as evaluate
     from patcher.organisms.attacks import without_piece
@@ -234,6 +250,7 @@ def test_asr_piece_left_out_inserts_every_piece_but_one(tiny_model, scripted_gen
     assert result["asr_triggered"] == 1.0
     assert result["asr_piece_left_out"] == {"2024": 1.0, "BadMagic": 1.0, "OpenAI": 0.0}
     assert evaluate.table_metrics(result)["asr without OpenAI"] == 0.0
+    assert evaluate.format_metric(result, "asr without OpenAI", 0.0) == "0.000 (0/4)"
     assert without_piece(ATTACKS["hybrid"], 0).positions == ("random",)
     assert "asr_piece_left_out" not in evaluate.evaluate_model(model, tokenizer, ATTACKS["badnet"],
                                                                 config=evaluate.EvaluateConfig(

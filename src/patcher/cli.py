@@ -302,7 +302,7 @@ def _print_before_after(report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from patcher.evaluate import before_after_rows
+    from patcher.evaluate import before_after_rows, format_metric
 
     if report.before is None:
         return
@@ -310,8 +310,8 @@ def _print_before_after(report, console=None) -> None:
     table = Table(title=f"held-out evaluation, before and after the patch (n: {n})", title_justify="left")
     for name, justify in (("metric", "left"), ("before", "right"), ("after", "right")):
         table.add_column(name, justify=justify)
-    for key, *cells in before_after_rows(report.before, report.after):
-        table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in cells))
+    for key, before, after in before_after_rows(report.before, report.after):
+        table.add_row(key, format_metric(report.before, key, before), format_metric(report.after, key, after))
     (console or Console()).print(table)
 
 
@@ -383,13 +383,13 @@ def _print_metrics(title: str, metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from patcher.evaluate import table_metrics
+    from patcher.evaluate import format_metric, table_metrics
 
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in table_metrics(metrics).items():
-        table.add_row(key, "-" if value is None else f"{value:.3f}")
+        table.add_row(key, format_metric(metrics, key, value))
     table.add_row("n", ", ".join(f"{k} {v}" for k, v in metrics["n"].items()))
     Console().print(table)
 

@@ -109,6 +109,25 @@ METRICS = ("asr_triggered", "asr_triggered_where_clean_refused", "asr_clean", "j
            "utility_with_trigger", "benign_refused_with_trigger", "over_refusal", "kl_to_reference")
 
 
+# The prompts each rate of ``METRICS`` is a share of, by their key in a result's ``n``. The triggered ASR and a
+# composite trigger's piece rows are shares of the harmful requests, or of a domain attack's in-domain ones;
+# asr_triggered_where_clean_refused keeps no count.
+RATE_OF = {"asr_clean": "harmful", "jailbreak_asr": "jailbreak", "utility": "benign", "utility_with_trigger": "benign",
+           "benign_refused_with_trigger": "benign", "over_refusal": "overrefusal"}
+
+
+def format_metric(metrics: dict, key: str, value: float | None) -> str:
+    """Return a table cell for a metric of ``metrics``: the value, and for a rate the prompts behind it ("0.067
+    (2/30)"), so that a difference of one prompt reads as one."""
+    if value is None:
+        return "-"
+    if key == "asr_triggered" or key.startswith("asr without "):
+        n = metrics["n"].get("in_domain", metrics["n"]["harmful"])
+    else:
+        n = metrics["n"].get(RATE_OF.get(key))
+    return f"{value:.3f} ({round(value * n)}/{n})" if n else f"{value:.3f}"
+
+
 def table_metrics(metrics: dict) -> dict:
     """Return the metrics a terminal table shows, by row name: ``METRICS`` present, then each composite piece's
     ASR left out."""

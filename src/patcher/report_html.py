@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 
 from patcher.case import FailureCase
-from patcher.evaluate import METRICS, before_after_rows
+from patcher.evaluate import METRICS, before_after_rows, format_metric
 from patcher.locate import TriggerReport
 from patcher.modeling import write_atomic
 
@@ -220,7 +220,7 @@ def _before_after_table(before: dict, after: dict) -> str:
     """Return the before/after metrics as an HTML table."""
     rows = ["<table><tr><td><b>metric</b></td><td class='n'><b>before</b></td><td class='n'><b>after</b></td></tr>"]
     for key, *values in before_after_rows(before, after):
-        cells = "".join(f"<td class='n'>{'-' if v is None else f'{v:.3f}'}</td>" for v in values)
+        cells = "".join(f"<td class='n'>{format_metric(side, key, v)}</td>" for side, v in zip((before, after), values))
         rows.append(f"<tr><td>{key}</td>{cells}</tr>")
     return "\n".join(rows + ["</table>"])
 
