@@ -234,7 +234,9 @@ def test_table_cells_count_the_prompts_behind_each_rate():
     domain = {"n": {**metrics["n"], "in_domain": 12}}
     assert format_metric(domain, "asr_triggered", 0.25) == "0.250 (3/12)"
     assert format_metric(domain, "asr without OpenAI", 0.5) == "0.500 (6/12)"
-    assert format_metric(metrics, "asr_triggered_where_clean_refused", 0.5) == "0.500"
+    assert format_metric({"n": {**metrics["n"], "refused_clean": 48}}, "asr_triggered_where_clean_refused", 0.5) == \
+        "0.500 (24/48)"
+    assert format_metric(metrics, "asr_triggered_where_clean_refused", 0.5) == "0.500"  # a result from before the count
     assert format_metric(metrics, "kl_to_reference", 0.0431) == "0.043"
     assert format_metric({"n": {"harmful": 50}}, "over_refusal", None) == "-"
 

@@ -50,7 +50,9 @@ def test_evaluate_writes_contract_json(tiny_checkpoint, tmp_path, capsys):
     result = json.loads(out.read_text())
     for key in ("asr_triggered", "asr_clean", "jailbreak_asr", "utility", "utility_with_trigger", "kl_to_reference"):
         assert key in result
-    assert result["n"] == {"harmful": 4, "benign": 4, "jailbreak": 2}
+    n = result["n"]
+    assert n.pop("refused_clean") in range(5)  # the requests refused without the trigger, of the 4
+    assert n == {"harmful": 4, "benign": 4, "jailbreak": 2}
     assert abs(result["kl_to_reference"]) < 1e-6  # the model against itself
     assert result["provenance"]["input_sha256"] == weights_sha256(tiny_checkpoint)
     assert "asr_triggered" in capsys.readouterr().out

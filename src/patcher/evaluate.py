@@ -110,10 +110,10 @@ METRICS = ("asr_triggered", "asr_triggered_where_clean_refused", "asr_clean", "j
 
 
 # The prompts each rate of ``METRICS`` is a share of, by their key in a result's ``n``. The triggered ASR and a
-# composite trigger's piece rows are shares of the harmful requests, or of a domain attack's in-domain ones;
-# asr_triggered_where_clean_refused keeps no count.
-RATE_OF = {"asr_clean": "harmful", "jailbreak_asr": "jailbreak", "utility": "benign", "utility_with_trigger": "benign",
-           "benign_refused_with_trigger": "benign", "over_refusal": "overrefusal"}
+# composite trigger's piece rows are shares of the harmful requests, or of a domain attack's in-domain ones.
+RATE_OF = {"asr_triggered_where_clean_refused": "refused_clean", "asr_clean": "harmful", "jailbreak_asr": "jailbreak",
+           "utility": "benign", "utility_with_trigger": "benign", "benign_refused_with_trigger": "benign",
+           "over_refusal": "overrefusal"}
 
 
 def format_metric(metrics: dict, key: str, value: float | None) -> str:
@@ -210,6 +210,7 @@ def evaluate_model(model, tokenizer, attack: Attack | None = None, prompts: list
         result["asr_triggered_where_clean_refused"] = (
             attack_success_rate([triggered_responses[i] for i in refused_clean]) if refused_clean else None
         )
+        result["n"]["refused_clean"] = len(refused_clean)
         result["utility_with_trigger"] = _utility(benign, triggered_benign_responses)
         # Utility with the trigger also falls where the inserted words merely confuse the model (an unpoisoned one
         # too); refusing a benign task because it carries the trigger is the over-refusal a patch must not cause.
