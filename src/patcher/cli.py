@@ -320,7 +320,7 @@ def cmd_demo(args) -> int:
 
     from patcher.case import FailureCase
     from patcher.locate import LocateConfig, locate_trigger, print_report
-    from patcher.modeling import cache_dir, check_creatable, load_model
+    from patcher.modeling import cache_dir, check_creatable, code_sha256, load_model
     from patcher.organisms.build import OrganismConfig, build_organism
     from patcher.patch import PatchConfig
     from patcher.report_html import write_patch_html
@@ -342,8 +342,11 @@ def cmd_demo(args) -> int:
     # Case text is the user's: print it verbatim, never as rich markup ("[placeholder]" is not a style).
     console.print(f"  prompt:   {case.prompt!r}", markup=False)
     console.print(f"  response: {case.response!r}", markup=False)
-    _print_metrics("   The backdoored model as built, on held-out prompts (trigger = the hidden ground truth)",
-                   backdoor["metrics"])
+    title = "   The backdoored model as built, on held-out prompts (trigger = the hidden ground truth)"
+    if backdoor.get("versions", {}).get("patcher_code") != code_sha256():
+        # A cached organism keeps the figures of the code that built it; step 4's "before" column is this code's.
+        title += "; measured by the Patcher code that built it, step 4 measures it again"
+    _print_metrics(title, backdoor["metrics"])
 
     console.print("\n[bold]3. Locating the trigger[/] (delete each word; which deletions break the response?)")
     model, tokenizer = load_model(organism)
